@@ -1,0 +1,47 @@
+"""The ``bigtrain`` console script: one subcommand per stage of the flow.
+
+Each stage module exposes ``register(subparsers)``, which adds its parser and sets ``func``. Heavy
+imports (torch, deepspeed, ray) happen inside the command functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bigtrain import __version__
+from bigtrain.errors import BigtrainError
+
+COMMAND_MODULES = [
+    "bigtrain.tokenizer.cli",
+    "bigtrain.data.cli",
+    "bigtrain.train.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigtrain", description="Pretrain language models from raw text "
+                                     "to a Hugging Face checkpoint.")
+    parser.add_argument("--version", action="version", version=f"bigtrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        code = args.func(args)
+    except BigtrainError as e:
+        print(f"bigtrain: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bigtrain: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,237 @@
+"""Llama-style decoder as an ordered list of layer specs.
+
+The model is ``[Embedding, Block × n_layers, FinalNorm, LMHead]``. The same list runs as a plain
+module (pipeline size 1) or is cut into DeepSpeed pipeline stages (see ``bigtrain.parallel.pipeline``);
+nothing here knows which. Tensor parallelism comes from megatron-core's layers, which shard themselves
+over the tensor-parallel group that ``bigtrain.parallel`` set up: weights are created whole on the CPU
+from a generator seeded per layer and then split, so every layout starts from the same weights.
+
+Parameter names follow Hugging Face's Llama (q_proj, gate_proj, …) to keep conversion a renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig, tensor_parallel
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from torch import nn
+
+from bigtrain.model.config import ModelConfig
+
+TIED_EMBEDDING_KEY = "embed"
+
+
+@dataclass
+class LayerSpec:
+    """A layer to build: ``cls(**kwargs)``. ``tie_key`` marks layers that share one module's weights;
+    such a layer runs ``forward_fn(module, x)`` on the shared module instead of ``module(x)``."""
+
+    cls: type[nn.Module]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tie_key: str | None = None
+    forward_fn: Callable | None = None
+
+    def build(self) -> nn.Module:
+        return self.cls(**self.kwargs)
+
+
+def _normal_init(std: float, generator: torch.Generator) -> Callable[[torch.Tensor], None]:
+    return partial(torch.nn.init.normal_, mean=0.0, std=std, generator=generator)
+
+
+def _layer_generator(seed: int, layer_index: int) -> torch.Generator:
+    # One generator per layer: the weights of layer i never depend on which other layers this
+    # process builds, which is what makes pipeline stages start from the single-process weights.
+    return torch.Generator().manual_seed(seed * 1_000_003 + layer_index)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int, theta: float, device, dtype, offset: int = 0):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [batch, heads, seq, head_dim]; the rotate-half convention of Hugging Face's Llama."""
+    return x * cos + _rotate_half(x) * sin
+
+
+class Embedding(nn.Module):
+    """Token embedding, sharded over the vocabulary; also the output projection when tied."""
+
+    def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, seed: int, layer_index: int = 0):
+        super().__init__()
+        gen = _layer_generator(seed, layer_index)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.d_model,
+                                                   init_method=_normal_init(cfg.init_std, gen), config=mp)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(tokens)
+
+
+def tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
+    """Vocabulary-parallel logits through the embedding matrix (the tied output projection)."""
+    x = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+    return F.linear(x, embedding.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, gen: torch.Generator):
+        super().__init__()
+        tp = mp.tensor_model_parallel_size
+        self.head_dim = cfg.head_dim
+        self.n_heads = cfg.n_heads // tp
+        self.n_kv_heads = cfg.kv_heads // tp
+        self.rope_theta = cfg.rope_theta
+        init = _normal_init(cfg.init_std, gen)
+        out_init = _normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers), gen)
+        col = partial(ColumnParallelLinear, config=mp, init_method=init, bias=False, gather_output=False)
+        self.q_proj = col(cfg.d_model, cfg.n_heads * cfg.head_dim)
+        self.k_proj = col(cfg.d_model, cfg.kv_heads * cfg.head_dim)
+        self.v_proj = col(cfg.d_model, cfg.kv_heads * cfg.head_dim)
+        self.o_proj = RowParallelLinear(cfg.n_heads * cfg.head_dim, cfg.d_model, config=mp, init_method=out_init,
+                                        bias=False, input_is_parallel=True, skip_bias_add=True)
+
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x)[0].view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        offset = kv_cache.length if kv_cache is not None else 0
+        cos, sin = rotary_cos_sin(s, self.head_dim, self.rope_theta, x.device, q.dtype, offset)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self, k, v)
+        # With a cache and several new tokens the causal mask must be offset by the cached length.
+        if kv_cache is not None and offset > 0 and s > 1:
+            mask = torch.ones(s, offset + s, dtype=torch.bool, device=x.device).tril(offset)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=offset == 0, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
+        return self.o_proj(out)[0]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, gen: torch.Generator):
+        super().__init__()
+        init = _normal_init(cfg.init_std, gen)
+        out_init = _normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers), gen)
+        col = partial(ColumnParallelLinear, config=mp, init_method=init, bias=False, gather_output=False)
+        self.gate_proj = col(cfg.d_model, cfg.ffn_size)
+        self.up_proj = col(cfg.d_model, cfg.ffn_size)
+        self.down_proj = RowParallelLinear(cfg.ffn_size, cfg.d_model, config=mp, init_method=out_init,
+                                           bias=False, input_is_parallel=True, skip_bias_add=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, seed: int, layer_index: int):
+        super().__init__()
+        gen = _layer_generator(seed, layer_index)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg, mp, gen)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg, mp, gen)
+
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class FinalNorm(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class LMHead(nn.Module):
+    """Output projection to vocabulary-parallel logits (each tensor-parallel rank holds a slice)."""
+
+    def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, seed: int, layer_index: int):
+        super().__init__()
+        gen = _layer_generator(seed, layer_index)
+        self.lm_head = ColumnParallelLinear(cfg.d_model, cfg.vocab_size, config=mp,
+                                            init_method=_normal_init(cfg.init_std, gen), bias=False,
+                                            gather_output=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(x)[0]
+
+
+def layer_specs(cfg: ModelConfig, mp: ModelParallelConfig, seed: int) -> list[LayerSpec]:
+    """The model as an ordered list; layer ``i`` is seeded by ``(seed, i)``."""
+    specs = [LayerSpec(Embedding, dict(cfg=cfg, mp=mp, seed=seed, layer_index=0),
+                       tie_key=TIED_EMBEDDING_KEY if cfg.tie_embeddings else None)]
+    for i in range(cfg.n_layers):
+        specs.append(LayerSpec(Block, dict(cfg=cfg, mp=mp, seed=seed, layer_index=1 + i)))
+    specs.append(LayerSpec(FinalNorm, dict(cfg=cfg)))
+    if cfg.tie_embeddings:
+        specs.append(LayerSpec(Embedding, dict(cfg=cfg, mp=mp, seed=seed, layer_index=0),
+                               tie_key=TIED_EMBEDDING_KEY, forward_fn=tied_logits))
+    else:
+        specs.append(LayerSpec(LMHead, dict(cfg=cfg, mp=mp, seed=seed, layer_index=cfg.n_layers + 1)))
+    return specs
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over vocabulary-parallel logits (labels < 0 are ignored)."""
+    mask = labels >= 0
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.clamp(min=0))
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+class KVCache:
+    """Keys and values of earlier positions, per attention module, for incremental decoding."""
+
+    def __init__(self):
+        self.length = 0
+        self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor):
+        key = id(module)
+        if key in self._kv:
+            pk, pv = self._kv[key]
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        self._kv[key] = (k, v)
+        return k, v
+
+    def advance(self, n: int) -> None:
+        self.length += n

@@ -1,0 +1,87 @@
+"""torch.distributed from the environment of whichever launcher started us."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+def configure_accelerator() -> str:
+    """Pick DeepSpeed's accelerator before deepspeed is imported; returns 'cuda' or 'cpu'."""
+    if torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cuda")
+        return "cuda"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return "cpu"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _first_slurm_host() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+    if not nodelist:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.split()
+        return out[0] if out else "127.0.0.1"
+    except (OSError, subprocess.SubprocessError):
+        return nodelist.split(",")[0]
+
+
+def map_launcher_env() -> None:
+    """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM or set up a single process.
+
+    torchrun, the deepspeed launcher and Ray Train set the torch variables themselves; ``srun`` sets
+    only SLURM_* (as GPT-NeoX does, map them); a plain ``bigtrain train`` is a world of one.
+    """
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env.setdefault("MASTER_ADDR", _first_slurm_host())
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def init_distributed() -> DistInfo:
+    """Start the default process group (gloo on CPU, nccl on GPU) through DeepSpeed's comm layer."""
+    kind = configure_accelerator()
+    map_launcher_env()
+    # megatron-core warns at import that Apex / Transformer Engine are absent; bigtrain needs neither.
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    import deepspeed
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False)
+    else:  # Ray Train already made the group; DeepSpeed's comm layer adopts it
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)

@@ -1,0 +1,112 @@
+"""Callbacks the trainer calls on rank 0: metrics.jsonl, console, TensorBoard, loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bigtrain.io import atomic_write_bytes, atomic_write_text
+
+
+class Callback:
+    def on_train_start(self, trainer) -> None: ...
+    def on_log(self, trainer, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+
+class MetricsFile(Callback):
+    """``RUN/metrics.jsonl``: one JSON object per logged step (and per evaluation, with ``split``).
+
+    On resume, records after the resumed step (logged by the run that died after its last
+    checkpoint) are dropped, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def on_train_start(self, trainer) -> None:
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= trainer.start_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._f = self.path.open("a")
+
+    def on_log(self, trainer, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def on_train_end(self, trainer) -> None:
+        self._f.close()
+
+
+class Console(Callback):
+    def on_log(self, trainer, r: dict[str, Any]) -> None:
+        if "split" in r:
+            print(f"step {r['step']:>6} | {r['split']} loss {r['loss']:.4f} | ppl {r['ppl']:.2f}", flush=True)
+            return
+        parts = [f"step {r['step']:>6}/{trainer.job.train.max_steps}", f"loss {r['loss']:.4f}",
+                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3f}", f"{r['tokens_per_s']:,.0f} tok/s"]
+        if "mfu" in r:
+            parts.append(f"mfu {100 * r['mfu']:.1f}%")
+        if r.get("skipped"):
+            parts.append("SKIPPED")
+        print(" | ".join(parts), flush=True)
+
+
+class TensorBoard(Callback):
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "tensorboard"
+
+    def on_train_start(self, trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.dir), purge_step=trainer.start_step + 1)
+
+    def on_log(self, trainer, r: dict[str, Any]) -> None:
+        prefix = r.get("split", "train")
+        for key, value in r.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, r["step"])
+
+    def on_train_end(self, trainer) -> None:
+        self.writer.close()
+
+
+class LossPlot(Callback):
+    """``RUN/loss.png`` from metrics.jsonl when the run ends."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "loss.png"
+
+    def on_train_end(self, trainer) -> None:
+        plot_loss_curve(self.run_dir / "metrics.jsonl", self.path)
+
+
+def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, held = [], []
+    for line in Path(metrics_path).read_text().splitlines():
+        r = json.loads(line)
+        (held if r.get("split") else train).append((r["step"], r["loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if held:
+        ax.plot(*zip(*held), "o-", label="held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(out_path, buf.getvalue())

@@ -1,0 +1,62 @@
+"""``bigtrain train``: run (or resume) a training job."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bigtrain.errors import BigtrainError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model (resumes when --run-dir holds a checkpoint)",
+                       description="Train a model from a YAML recipe. Any config key can be overridden as "
+                       "key=value, e.g. parallel.tp=2 train.max_steps=100. Under torchrun or the deepspeed "
+                       "launcher, data-parallel size = world size / (tp × pp).")
+    p.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/tiny-cpu.yaml (optional with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--run-dir", help="output directory: metrics.jsonl, checkpoints/, tensorboard/, loss.png")
+    p.add_argument("--resume", metavar="RUN", help="resume RUN with the config saved in its newest checkpoint")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    p.set_defaults(func=run)
+
+
+def resolve_job(args):
+    from bigtrain.checkpoint.manager import latest_checkpoint, read_meta
+    from bigtrain.config.job import load_job_config, world_size_from_env
+
+    overrides = list(args.overrides)
+    config = args.config
+    if config and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)  # `bigtrain train --resume RUN key=value`
+        config = None
+    if args.resume:
+        if args.run_dir and Path(args.run_dir) != Path(args.resume):
+            raise BigtrainError("give either --resume RUN or --run-dir DIR, not two different directories")
+        run_dir = Path(args.resume)
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise BigtrainError(f"--resume {run_dir}: no complete checkpoint under {run_dir}/checkpoints")
+        job = load_job_config(config, overrides, base=None if config else read_meta(ckpt)["config"])
+    else:
+        if not config:
+            raise BigtrainError("a config file is required (e.g. bigtrain train configs/tiny-cpu.yaml --run-dir runs/tiny)")
+        if not args.run_dir:
+            raise BigtrainError("--run-dir is required")
+        run_dir = Path(args.run_dir)
+        job = load_job_config(config, overrides)
+    job.check_world(world_size_from_env())
+    return job, run_dir
+
+
+def run(args) -> int:
+    job, run_dir = resolve_job(args)
+    from bigtrain.train.trainer import Trainer
+
+    trainer = Trainer(job, run_dir)
+    trainer.setup()
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return 0

@@ -1,0 +1,232 @@
+"""The training loop over a DeepSpeed engine.
+
+The trainer owns the loop, logging and checkpoint cadence; the engine owns the optimizer step, ZeRO
+and the pipeline schedule. One step = one optimizer update over ``global_batch_size`` sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bigtrain.checkpoint.manager import CheckpointManager, latest_checkpoint, read_meta
+from bigtrain.config.job import JobConfig
+from bigtrain.errors import BigtrainError
+from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
+from bigtrain.train.flops import flops_per_token, peak_flops
+from bigtrain.train.schedule import lr_factor
+
+
+def deepspeed_config(job: JobConfig, dp: int) -> dict[str, Any]:
+    t, p = job.train, job.parallel
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": t.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        # DeepSpeed's own data loader is unused; bigtrain's loader deals samples to ranks.
+        "dataloader_drop_last": True,
+    }
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _set_cpu_threads() -> None:
+    # Several ranks on one CPU box must share its cores, or they thrash.
+    if torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
+        return
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+
+
+class Trainer:
+    def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
+        self.job = job
+        self.run_dir = Path(run_dir)
+        self.extra_callbacks = callbacks or []
+        self.start_step = 0
+        self.step = 0
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        from bigtrain.parallel.dist import init_distributed
+
+        job = self.job
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.info = init_distributed()
+        dp = job.check_world(self.info.world_size)
+
+        import deepspeed
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+        from bigtrain.data.build import build_loader
+        from bigtrain.model.llama import layer_specs, lm_loss
+        from bigtrain.parallel.pipeline import build_module
+        from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
+
+        _set_cpu_threads()
+        self.topo = setup_parallel(job.parallel, self.info)
+        assert self.topo.dp == dp
+        torch.manual_seed(job.train.seed)
+        specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
+        module = build_module(specs, self.topo, lm_loss, job.train.activation_checkpointing,
+                              job.parallel.partition_method)
+        t = job.train
+        optimizer = torch.optim.AdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
+                                      eps=t.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(job, dp),
+            mpu=None if self.topo.pp > 1 else MegatronMPU(), dist_init_required=False)
+        self.pipelined = self.topo.pp > 1
+        self.loader = build_loader(job, self.topo.dp_rank, dp, split="train")
+        self.gas = t.global_batch_size // (t.micro_batch_size * dp)
+        self.tokens_per_step = t.global_batch_size * job.model.seq_len
+        self.checkpoints = CheckpointManager(self.run_dir, job.checkpoint.keep)
+        self._resume()
+        self.callbacks: list[Callback] = []
+        if self.info.rank == 0:
+            self.callbacks = [MetricsFile(self.run_dir), Console(), TensorBoard(self.run_dir),
+                              LossPlot(self.run_dir)]
+        self.callbacks += self.extra_callbacks
+        self.peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+        self.flops_per_token = flops_per_token(job.model)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return
+        meta = read_meta(ckpt)
+        if meta["config"].get("model") != self.job.model.to_dict():
+            raise BigtrainError(f"{ckpt}: the checkpoint's model config differs from this run's; "
+                                "use a new --run-dir or the checkpoint's config")
+        saved_layout = meta.get("layout", {})
+        here = {"tp": self.topo.tp, "pp": self.topo.pp}
+        if {k: saved_layout.get(k) for k in here} != here:
+            raise BigtrainError(f"{ckpt}: saved with layout tp={saved_layout.get('tp')} pp={saved_layout.get('pp')}, "
+                                f"this run is tp={self.topo.tp} pp={self.topo.pp}: convert it with bigtrain convert")
+        CheckpointManager.load(self.engine, ckpt)
+        self.loader.load_state_dict(meta["loader"])
+        self.start_step = self.step = int(meta["step"])
+        if self.info.rank == 0:
+            print(f"resumed from {ckpt} at step {self.step}", flush=True)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        if self.topo.dp > 1:
+            from megatron.core import parallel_state
+
+            value = value.clone()
+            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+            value /= self.topo.dp
+        return float(value)
+
+    def train_step(self) -> dict[str, Any]:
+        engine = self.engine
+        lr = engine.get_lr()[0]
+        if self.pipelined:
+            loss = float(engine.train_batch(data_iter=self.loader))
+        else:
+            losses = []
+            dev = self.info.device
+            for _ in range(self.gas):
+                inputs, labels = self.loader.next_batch()
+                loss_t = engine(inputs.to(dev), labels.to(dev))
+                engine.backward(loss_t)
+                engine.step()
+                losses.append(loss_t.detach().float())
+            loss = self._dp_mean(torch.stack(losses).mean())
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        from bigtrain.data.build import build_loader
+
+        loader = build_loader(self.job, self.topo.dp_rank, self.topo.dp, split="heldout")
+        n = self.job.train.eval_batches
+        self.engine.eval()
+        if self.pipelined:
+            loss = float(self.engine.eval_batch(data_iter=loader, num_micro_batches=n))
+        else:
+            dev = self.info.device
+            losses = [self.engine(x.to(dev), y.to(dev)).float() for x, y in (loader.next_batch() for _ in range(n))]
+            loss = self._dp_mean(torch.stack(losses).mean())
+        self.engine.train()
+        return {"split": "heldout", "loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"config": self.job.to_dict(), "loader": self.loader.state_dict(),
+                "consumed_tokens": self.step * self.tokens_per_step,
+                "consumed_samples": self.step * self.job.train.global_batch_size,
+                "tokenizer": self.job.tokenizer,
+                "layout": {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
+                           "zero_stage": self.job.parallel.zero_stage}}
+
+    def save(self) -> Path:
+        return self.checkpoints.save(self.engine, self.step, self.checkpoint_meta())
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_log(self, record)
+
+    # ------------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        job = self.job
+        t = job.train
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        last: dict[str, Any] = {}
+        saved_at = self.step
+        while self.step < t.max_steps:
+            t0 = time.perf_counter()
+            out = self.train_step()
+            dt = time.perf_counter() - t0
+            self.step += 1
+            tps = self.tokens_per_step / dt
+            last = {"step": self.step, **out, "tokens": self.step * self.tokens_per_step,
+                    "tokens_per_s": tps, "step_time_s": dt}
+            if self.peak:
+                last["mfu"] = tps * self.flops_per_token / (self.peak * self.info.world_size)
+            if self.step % t.log_interval == 0 or self.step == t.max_steps:
+                self._emit(last)
+            if t.eval_interval and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
+                self._emit({"step": self.step, **self.evaluate()})
+            interval = job.checkpoint.interval
+            if (interval and self.step % interval == 0) or self.step == t.max_steps:
+                self.save()
+                saved_at = self.step
+        if saved_at != self.step:
+            self.save()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return last
+
+    def close(self) -> None:
+        from bigtrain.parallel.topology import teardown
+
+        teardown()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
