@@ -164,7 +164,14 @@ def _txt_chunks(fh) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
-def _iter_parquet(path: Path, field: str) -> Iterator[tuple[str | None, str | None]]:
+def check_input(path: str | Path, text_field: str = "text") -> None:
+    """Cheap up-front checks before any work is scheduled (a parquet file's footer and column)."""
+    path = Path(path)
+    if detect_format(path) == "parquet":
+        _open_parquet(path, text_field)
+
+
+def _open_parquet(path: Path, field: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -180,7 +187,13 @@ def _iter_parquet(path: Path, field: str) -> Iterator[tuple[str | None, str | No
     if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)
             or pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)):
         raise BigtrainError(f"{path}: column {field!r} has type {col_type}, expected string")
-    binary = pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)
+    return pf, pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)
+
+
+def _iter_parquet(path: Path, field: str) -> Iterator[tuple[str | None, str | None]]:
+    import pyarrow as pa
+
+    pf, binary = _open_parquet(path, field)
     n = 0
     try:
         for batch in pf.iter_batches(batch_size=1024, columns=[field]):

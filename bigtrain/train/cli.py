@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from bigtrain.errors import BigtrainError
@@ -17,7 +16,6 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--run-dir", help="output directory: metrics.jsonl, checkpoints/, tensorboard/, loss.png")
     p.add_argument("--resume", metavar="RUN", help="resume RUN with the config saved in its newest checkpoint")
-    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,9 @@ from bigtrain.errors import BigtrainError
 class TrainConfig(Config):
     max_steps: int = 100
     """Optimizer steps to run (the run ends at this step, resumed or not)."""
+    stop_after: int = 0
+    """End this invocation after this step and save (0: run to max_steps); the LR schedule still
+    follows max_steps, so a later resume continues the same run (time-sliced jobs)."""
     seed: int = 1234
     """Seed for weight initialisation and data order."""
     micro_batch_size: int = 4
@@ -52,6 +55,8 @@ class TrainConfig(Config):
                 raise BigtrainError(f"{prefix}{name}={getattr(self, name)} must be positive")
         if self.lr <= 0:
             raise BigtrainError(f"{prefix}lr={self.lr} must be positive")
+        if self.stop_after < 0:
+            raise BigtrainError(f"{prefix}stop_after={self.stop_after} must not be negative")
         if self.warmup_steps < 0 or self.eval_interval < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise BigtrainError(f"{prefix}warmup_steps, eval_interval, grad_clip and weight_decay must not be negative")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -199,7 +199,8 @@ class Trainer:
             cb.on_train_start(self)
         last: dict[str, Any] = {}
         saved_at = self.step
-        while self.step < t.max_steps:
+        end = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
+        while self.step < end:
             t0 = time.perf_counter()
             out = self.train_step()
             dt = time.perf_counter() - t0
@@ -214,7 +215,7 @@ class Trainer:
             if t.eval_interval and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
                 self._emit({"step": self.step, **self.evaluate()})
             interval = job.checkpoint.interval
-            if (interval and self.step % interval == 0) or self.step == t.max_steps:
+            if (interval and self.step % interval == 0) or self.step == end:
                 self.save()
                 saved_at = self.step
         if saved_at != self.step:

@@ -1,0 +1,190 @@
+"""Random-access window source over a preprocessed dataset's shards.
+
+The stream of one epoch is the concatenation of the split's shards in a seeded per-epoch order
+(each shard's documents in stored order, each ending with EOS). It is cut into windows of
+``seq_len + 1`` tokens that start every ``seq_len`` tokens (the last token of a window is the first
+of the next, so every token is predicted once), across document and shard boundaries; the tail that
+does not fill a window is dropped. Windows are then shuffled within consecutive blocks of
+``shuffle_buffer`` windows by a seeded permutation per (epoch, block) — a shuffle buffer whose
+result is computable for any index. Epochs repeat with fresh orders.
+
+``window(i)`` therefore depends only on (dataset, split, seq_len, seed, shuffle_buffer, i): no state,
+so resuming at any sample under any data-parallel degree is exact. Decoded shards are kept in a
+small LRU cache; windows of one shuffle block are close together in the stream, so a block touches
+only a shard or two.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from bigtrain.data.shards import load_manifest, read_shard
+from bigtrain.errors import BigtrainError
+
+
+class ShardWindowSource:
+    def __init__(self, directory: str | Path, seq_len: int, seed: int, split: str = "train",
+                 shuffle_buffer: int = 1024, stream: int = 0, cache_shards: int = 4, vocab_size: int | None = None):
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        self.split, self.seq_len, self.seed, self.stream = split, int(seq_len), int(seed), int(stream)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.cache_shards = max(1, int(cache_shards))
+        vocab = int(self.manifest["tokenizer"]["vocab_size"])
+        if vocab_size is not None and vocab > vocab_size:
+            raise BigtrainError(f"{self.directory}: tokenized with a vocabulary of {vocab}, larger than "
+                                f"model.vocab_size={vocab_size}")
+        shards = [s for s in self.manifest["shards"] if s["split"] == split and s["tokens"] > 0]
+        if not shards:
+            raise BigtrainError(f"{self.directory}: no {split} shards with tokens in {self.directory / 'manifest.json'}"
+                                + (" (preprocess with --heldout-fraction > 0)" if split == "heldout" else ""))
+        self.paths = [self.directory / s["path"] for s in shards]
+        self.shard_tokens = np.array([s["tokens"] for s in shards], dtype=np.int64)
+        for p in self.paths:
+            if not p.is_file():
+                raise BigtrainError(f"{p}: shard listed in the manifest is missing")
+        self.total_tokens = int(self.shard_tokens.sum())
+        self.n_windows = (self.total_tokens - 1) // self.seq_len
+        if self.n_windows < 1:
+            raise BigtrainError(f"{self.directory}: the {split} split has {self.total_tokens} tokens, fewer than "
+                                f"one window of model.seq_len+1 = {self.seq_len + 1}")
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    # --- order --------------------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._epochs.get(epoch)
+        if hit is None:
+            n = len(self.paths)
+            if self.shuffle_buffer > 0:
+                order = np.random.default_rng([self.seed, self.stream, epoch, 1]).permutation(n)
+            else:
+                order = np.arange(n)
+            starts = np.concatenate([[0], np.cumsum(self.shard_tokens[order])])
+            hit = (order, starts)
+            self._epochs[epoch] = hit
+            if len(self._epochs) > 4:
+                self._epochs.popitem(last=False)
+        return hit
+
+    def _position(self, index: int) -> tuple[int, int]:
+        """(epoch, window number within the epoch's stream) of global sample ``index``."""
+        if index < 0:
+            raise IndexError(index)
+        epoch, k = divmod(int(index), self.n_windows)
+        b = self.shuffle_buffer
+        if b <= 1:
+            return epoch, k
+        block, r = divmod(k, b)
+        perm = self._blocks.get((epoch, block))
+        if perm is None:
+            lo = block * b
+            size = min(b, self.n_windows - lo)
+            perm = np.random.default_rng([self.seed, self.stream, epoch, 2, block]).permutation(size) + lo
+            self._blocks[(epoch, block)] = perm
+            if len(self._blocks) > 8:
+                self._blocks.popitem(last=False)
+        return epoch, int(perm[r])
+
+    def _shard(self, i: int) -> np.ndarray:
+        arr = self._cache.get(i)
+        if arr is None:
+            _keys, _lengths, arr = read_shard(self.paths[i])
+            if len(arr) != self.shard_tokens[i]:
+                raise BigtrainError(f"{self.paths[i]}: holds {len(arr)} tokens, the manifest says "
+                                    f"{self.shard_tokens[i]}")
+            self._cache[i] = arr
+            if len(self._cache) > self.cache_shards:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(i)
+        return arr
+
+    # --- WindowSource -------------------------------------------------------------------------
+    def window(self, index: int) -> np.ndarray:
+        epoch, w = self._position(index)
+        order, starts = self._epoch(epoch)
+        start = w * self.seq_len
+        end = start + self.seq_len + 1
+        j = int(np.searchsorted(starts, start, side="right")) - 1
+        off = start - int(starts[j])
+        arr = self._shard(int(order[j]))
+        if off + self.seq_len + 1 <= len(arr):
+            return arr[off:off + self.seq_len + 1].astype(np.int64)
+        out = np.empty(self.seq_len + 1, dtype=np.int64)
+        filled = 0
+        while filled < end - start:
+            arr = self._shard(int(order[j]))
+            take = min(len(arr) - off, end - start - filled)
+            out[filled:filled + take] = arr[off:off + take]
+            filled += take
+            j += 1
+            off = 0
+        return out
+
+    def sample_id(self, index: int) -> str:
+        epoch, w = self._position(index)
+        order, starts = self._epoch(epoch)
+        start = w * self.seq_len
+        j = int(np.searchsorted(starts, start, side="right")) - 1
+        return f"{self.directory.name}/{self.paths[int(order[j])].relative_to(self.directory)}@{start - int(starts[j])}"
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+
+class MixtureSource:
+    """Deterministic, random-access weighted mix of window sources.
+
+    Samples come in blocks of ``block`` samples; every block holds ``c_d`` samples of source ``d``
+    (the largest-remainder rounding of ``block × weight_d``), placed at seeded random positions. Sample
+    ``i`` maps to source ``d`` and that source's own index ``(i // block) · c_d + rank``, so each source
+    is read in its own order and the realised share is within ``1/block`` of the weight everywhere.
+    """
+
+    def __init__(self, sources: list, weights: list[float], seed: int, block: int = 4096):
+        if len(sources) != len(weights):
+            raise BigtrainError("data.weights: one weight per data.path entry is needed")
+        w = np.asarray(weights, dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise BigtrainError(f"data.weights={list(weights)} must be non-negative with a positive sum")
+        w = w / w.sum()
+        exact = w * block
+        counts = np.floor(exact).astype(np.int64)
+        rest = block - int(counts.sum())
+        counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
+        self.sources, self.weights, self.seed, self.block = sources, w, int(seed), int(block)
+        self.counts = counts
+        self.pattern = np.repeat(np.arange(len(sources)), counts)
+        self._blocks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._blocks.get(b)
+        if hit is None:
+            labels = self.pattern[np.random.default_rng([self.seed, 3, b]).permutation(self.block)]
+            ranks = np.empty(self.block, dtype=np.int64)
+            for d, c in enumerate(self.counts):
+                ranks[labels == d] = np.arange(c) + b * c
+            hit = (labels, ranks)
+            self._blocks[b] = hit
+            if len(self._blocks) > 4:
+                self._blocks.popitem(last=False)
+        return hit
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(source number, index within that source) of global sample ``index``."""
+        b, r = divmod(int(index), self.block)
+        labels, ranks = self._block(b)
+        return int(labels[r]), int(ranks[r])
+
+    def window(self, index: int) -> np.ndarray:
+        d, j = self.locate(index)
+        return self.sources[d].window(j)
+
+    def sample_id(self, index: int) -> str:
+        d, j = self.locate(index)
+        return self.sources[d].sample_id(j)

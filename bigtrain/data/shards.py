@@ -1,0 +1,143 @@
+"""WebDataset shards of token ids: deterministic writing, fast reading, and the dataset manifest.
+
+A preprocessed dataset directory holds ``manifest.json`` and tar shards under ``train/`` and
+``heldout/``. Each sample of a shard is one document: a tar member ``<key>.tokens.npy`` holding the
+document's token ids (uint16 when the vocabulary fits, else uint32) with EOS appended. ``<key>`` is
+the first 32 hex digits of the sha256 of the document's UTF-8 text; samples are sorted by key. Tar
+headers carry no time, owner or mode that depends on the machine, so shards are byte-identical
+whenever their documents are. Any WebDataset reader can open them (``.npy`` decodes to an array).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigtrain.errors import BigtrainError
+
+MANIFEST = "manifest.json"
+FORMAT = "bigtrain-webdataset-tokens-v1"
+SPLITS = ("train", "heldout")
+SUFFIX = ".tokens.npy"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def shard_bytes(samples: list[tuple[str, np.ndarray]]) -> bytes:
+    """A USTAR tar of ``<key>.tokens.npy`` members with fixed metadata (mtime 0, uid/gid 0, mode 0644)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for key, arr in samples:
+            data = npy_bytes(arr)
+            info = tarfile.TarInfo(key + SUFFIX)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_shard(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Decode a shard: (keys, document lengths int64, all tokens concatenated in shard order).
+
+    Parses the tar headers directly (one pass over the bytes, no per-member file objects), which is
+    what keeps the loader well above 20 M tokens/s.
+    """
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except OSError as e:
+        raise BigtrainError(f"{path}: cannot read shard ({e.strerror})") from None
+    mv = memoryview(buf)
+    keys: list[str] = []
+    pieces: list[np.ndarray] = []
+    dtype = None
+    pos, n = 0, len(buf)
+    try:
+        while pos + 512 <= n:
+            header = buf[pos:pos + 512]
+            if header == b"\0" * 512:
+                break
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode()
+            if prefix:
+                name = prefix + "/" + name
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            typeflag = header[156:157]
+            start = pos + 512
+            pos = start + (size + 511) // 512 * 512
+            if typeflag not in (b"0", b"\0") or not name.endswith(SUFFIX):
+                continue
+            if buf[start:start + 6] != b"\x93NUMPY":
+                raise ValueError(f"member {name} is not a .npy array")
+            major = buf[start + 6]
+            if major == 1:
+                hlen, hstart = int.from_bytes(buf[start + 8:start + 10], "little"), start + 10
+            else:
+                hlen, hstart = int.from_bytes(buf[start + 8:start + 12], "little"), start + 12
+            if dtype is None:
+                meta = ast.literal_eval(buf[hstart:hstart + hlen].decode("latin1"))
+                dtype = np.dtype(meta["descr"])
+            data_start = hstart + hlen
+            pieces.append(np.frombuffer(mv[data_start:start + size], dtype=dtype))
+            keys.append(name[: -len(SUFFIX)])
+    except (ValueError, UnicodeDecodeError, SyntaxError, KeyError) as e:
+        raise BigtrainError(f"{path}: corrupt shard ({e})") from None
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype or np.uint16)
+    return keys, lengths, tokens
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    d = Path(directory)
+    m = d / MANIFEST
+    if not d.is_dir():
+        raise BigtrainError(f"{d}: dataset directory not found")
+    if not m.is_file():
+        raise BigtrainError(f"{d}: no {MANIFEST} (not a finished `bigtrain preprocess` output)")
+    try:
+        manifest = json.loads(m.read_text())
+    except ValueError:
+        raise BigtrainError(f"{m}: not valid JSON") from None
+    if manifest.get("format") != FORMAT:
+        raise BigtrainError(f"{m}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def is_dataset_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
