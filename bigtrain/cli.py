@@ -20,8 +20,16 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, like every other bad input."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigtrain", description="Pretrain language models from raw text "
+    parser = _Parser(prog="bigtrain", description="Pretrain language models from raw text "
                                      "to a Hugging Face checkpoint.")
     parser.add_argument("--version", action="version", version=f"bigtrain {__version__}")
     # The deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK carries the same.
@@ -38,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     # handling does not allow for on its own.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     if not getattr(args, "func", None):

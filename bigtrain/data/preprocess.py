@@ -16,16 +16,16 @@ Nothing in the output depends on the number of workers, the order of the inputs 
 which tasks finish, so the output is byte-identical across such runs. ``manifest.json`` is written
 last (also by rename), and removed when a run starts, so a crashed run never looks complete.
 A re-run over the same output keeps every shard whose state record (``.state/``) matches this run's
-fingerprint (tokenizer, inputs with size and mtime, options) and whose sha256 still verifies.
+fingerprint (tokenizer, inputs' paths and sha256, options) and whose sha256 still verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -128,7 +128,8 @@ def _tokenize_body(batch: dict, model_bytes: bytes, heldout_fraction: float, num
     for s in range(n):
         js = per_shard[s]
         lengths = np.array([len(enc_of[j]) for j in js], dtype=np.int64)
-        flat = np.fromiter((t for j in js for t in enc_of[j]), dtype=dtype_str, count=int(lengths.sum()))
+        flat = np.fromiter(itertools.chain.from_iterable(enc_of[j] for j in js), dtype=dtype_str,
+                           count=int(lengths.sum()))
         tokens_total += len(flat)
         buckets.append({"path": batch["path"], "keys": [keys[j] for j in js],
                         "idx": np.array([batch["idx"][j] for j in js], dtype=np.int64),
@@ -175,7 +176,6 @@ class _Progress:
         self.last = 0.0
         self.docs = self.tokens = self.batches = self.bytes = self.shards = 0
         self.total_shards = 0
-        self.lock = threading.Lock()
 
     def show(self, force: bool = False) -> None:
         now = time.time()
@@ -193,7 +193,7 @@ def _fingerprint(tok_info: dict, inputs: list[Path], text_field: str, num_shards
 
     ident = {"version": __version__, "format": FORMAT, "tokenizer": tok_info["sha256"], "text_field": text_field,
              "num_shards": num_shards, "heldout_fraction": heldout_fraction,
-             "inputs": [[str(p), *readers.file_identity(p).values()] for p in inputs]}
+             "inputs": [[str(p), p.stat().st_size, sha256_file(p)] for p in inputs]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -265,12 +265,17 @@ def preprocess(inputs: list[str], tokenizer: str, output: str, num_shards: int =
     import ray
 
     started = False
-    if ray_address:
-        ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+    if ray.is_initialized():
+        pass  # a Ray this process already joined (tests, notebooks, a Ray job's driver)
+    elif ray_address:
+        try:
+            ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise BigtrainError(f"--ray-address {ray_address}: cannot connect to Ray "
+                                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
         started = True
-    elif not ray.is_initialized():
-        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+    else:
+        init_local_ray(workers or os.cpu_count() or 1)
         started = True
     try:
         manifest = _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout_fraction,
@@ -282,6 +287,16 @@ def preprocess(inputs: list[str], tokenizer: str, output: str, num_shards: int =
     if not quiet:
         print_summary(manifest)
     return manifest
+
+
+def init_local_ray(num_cpus: int) -> None:
+    """Start a private local Ray whose workers can import this copy of bigtrain (also for tests)."""
+    import ray
+
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 def _unwrap(ray, e: Exception) -> Exception:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -80,12 +79,47 @@ def _open_binary(path: Path, fmt: str):
     if fmt.endswith(".gz"):
         return gzip.open(path, "rb")
     if fmt.endswith(".zst"):
+        return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdRaw(io.RawIOBase):
+    """Decompress all frames of a .zst file; a frame cut short raises EOFError (the zstandard stream
+    reader silently stops there)."""
+
+    def __init__(self, path: Path):
         import zstandard
 
-        fh = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True,
-                                                                            read_across_frames=True))
-    return open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._fh = open(path, "rb")
+        self._dobj, self._fed, self._out = self._dctx.decompressobj(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._out:
+            chunk = self._fh.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._dobj.eof:
+                    raise EOFError("zstd frame ended before its end marker")
+                return 0
+            while chunk:
+                self._fed = True
+                self._out += self._dobj.decompress(chunk)
+                if self._dobj.eof:
+                    chunk = self._dobj.unused_data
+                    self._dobj, self._fed = self._dctx.decompressobj(), False
+                else:
+                    chunk = b""
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _stream_error(path: Path, fmt: str, n: int, e: Exception) -> BigtrainError:
@@ -212,8 +246,3 @@ def _iter_parquet(path: Path, field: str) -> Iterator[tuple[str | None, str | No
     except (pa.ArrowException, OSError) as e:
         raise BigtrainError(f"{path}: corrupt parquet data after {n} documents "
                             f"({str(e).splitlines()[0]})") from None
-
-
-def file_identity(path: Path) -> dict:
-    st = os.stat(path)
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}

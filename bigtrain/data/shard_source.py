@@ -25,6 +25,9 @@ from bigtrain.data.shards import load_manifest, read_shard
 from bigtrain.errors import BigtrainError
 
 
+MAX_CACHE_TOKENS = 1 << 30  # decoded tokens the shard cache may hold (2 GiB at uint16)
+
+
 class ShardWindowSource:
     def __init__(self, directory: str | Path, seq_len: int, seed: int, split: str = "train",
                  shuffle_buffer: int = 1024, stream: int = 0, cache_shards: int = 4, vocab_size: int | None = None):
@@ -51,6 +54,11 @@ class ShardWindowSource:
         if self.n_windows < 1:
             raise BigtrainError(f"{self.directory}: the {split} split has {self.total_tokens} tokens, fewer than "
                                 f"one window of model.seq_len+1 = {self.seq_len + 1}")
+        # keep every shard one shuffle block can touch (plus one on each side) decoded, within a budget
+        span = (max(self.shuffle_buffer, 1) + 1) * self.seq_len
+        need = int(np.ceil(span / max(1.0, float(self.shard_tokens.min())))) + 2
+        budget = max(1, int(MAX_CACHE_TOKENS // max(1, int(self.shard_tokens.max()))))
+        self.cache_shards = min(len(self.paths), max(self.cache_shards, min(need, budget)))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
