@@ -9,7 +9,6 @@ import pytest
 
 from bigtrain.config.job import load_job_config
 from bigtrain.data.build import build_loader, build_source
-from bigtrain.data.loader import DistributedWindowLoader
 from bigtrain.data.shard_source import MixtureSource, ShardWindowSource
 from bigtrain.data.shards import FORMAT, read_shard, shard_bytes
 from bigtrain.errors import BigtrainError
