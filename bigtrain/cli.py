@@ -17,6 +17,11 @@ COMMAND_MODULES = [
     "bigtrain.tokenizer.cli",
     "bigtrain.data.cli",
     "bigtrain.train.cli",
+    "bigtrain.eval.cli",
+    "bigtrain.finetune.cli",
+    "bigtrain.convert.cli",
+    "bigtrain.generate.cli",
+    "bigtrain.launch.cli",
 ]
 
 

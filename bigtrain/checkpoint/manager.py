@@ -20,6 +20,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.io import atomic_write_json
 
 META_FILE = "bigtrain.json"
+TOKENIZER_SUBDIR = "tokenizer"  # a copy of the run's tokenizer, so a checkpoint stands alone
 _TAG = re.compile(r"^step_(\d{8,})$")
 
 
@@ -80,7 +81,7 @@ class CheckpointManager:
         self.root = checkpoints_root(run_dir)
         self.keep = keep
 
-    def save(self, engine, step: int, meta: dict[str, Any]) -> Path:
+    def save(self, engine, step: int, meta: dict[str, Any], tokenizer_dir: str | Path | None = None) -> Path:
         """Collective: every rank calls it. Returns the checkpoint directory."""
         tag = tag_for(step)
         ckpt_dir = self.root / tag
@@ -92,6 +93,10 @@ class CheckpointManager:
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step})
         dist.barrier()
         if rank == 0:
+            if tokenizer_dir is not None:
+                src = Path(tokenizer_dir)
+                src = src if src.is_dir() else src.parent
+                shutil.copytree(src, ckpt_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
             atomic_write_json(ckpt_dir / META_FILE, {**meta, "step": step, "bigtrain_version": __version__,
                                                      "saved_at": time.time(), "save_seconds": time.time() - t0})
             self._prune()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from bigtrain.errors import BigtrainError
 
+EXIT_PREEMPTED = 143
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model (resumes when --run-dir holds a checkpoint)",
@@ -57,4 +59,5 @@ def run(args) -> int:
         trainer.fit()
     finally:
         trainer.close()
-    return 0
+    # 143 (= killed by SIGTERM) tells schedulers the job is unfinished; it resumes from the saved step.
+    return EXIT_PREEMPTED if trainer.stop_signal else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bigtrain.checkpoint.manager import CheckpointManager, latest_checkpoint, read_meta
+from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_checkpoint, read_meta
 from bigtrain.config.job import JobConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
@@ -49,6 +50,26 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def resolve_tokenizer(job: JobConfig):
+    """The run's tokenizer: ``tokenizer`` from the config, else the one the datasets were made with.
+    Checked against the model's vocabulary and the datasets' tokenizer; None for synthetic/token files."""
+    from bigtrain.data.build import dataset_tokenizer
+    from bigtrain.tokenizer import load_tokenizer
+
+    from_data = dataset_tokenizer(job)
+    path = job.tokenizer or (from_data or {}).get("path")
+    if path is None:
+        return None
+    tok = load_tokenizer(path)
+    if tok.vocab_size > job.model.vocab_size:
+        raise BigtrainError(f"tokenizer {path} has {tok.vocab_size} tokens but model.vocab_size="
+                            f"{job.model.vocab_size}; set model.vocab_size={tok.vocab_size} (or larger)")
+    if from_data and from_data.get("sha256") != tok.sha256:
+        raise BigtrainError(f"tokenizer {path} is not the tokenizer data.path was preprocessed with "
+                            f"({from_data.get('path')})")
+    return tok
+
+
 def _set_cpu_threads() -> None:
     # Several ranks on one CPU box must share its cores, or they thrash.
     if torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
@@ -70,6 +91,7 @@ class Trainer:
         from bigtrain.parallel.dist import init_distributed
 
         job = self.job
+        self.tokenizer = resolve_tokenizer(job)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.info = init_distributed()
         dp = job.check_world(self.info.world_size)
@@ -180,18 +202,43 @@ class Trainer:
         return {"config": self.job.to_dict(), "loader": self.loader.state_dict(),
                 "consumed_tokens": self.step * self.tokens_per_step,
                 "consumed_samples": self.step * self.job.train.global_batch_size,
-                "tokenizer": self.job.tokenizer,
+                "tokenizer": TOKENIZER_SUBDIR if self.tokenizer else None,
                 "layout": {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
                            "zero_stage": self.job.parallel.zero_stage}}
 
     def save(self) -> Path:
-        return self.checkpoints.save(self.engine, self.step, self.checkpoint_meta())
+        ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),
+                                     tokenizer_dir=self.tokenizer.path if self.tokenizer else None)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, ckpt)
+        return ckpt
 
     def _emit(self, record: dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_log(self, record)
 
     # ------------------------------------------------------------------------------------------- loop
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM / SIGUSR1 (preemption, `scancel`, SLURM's --signal) ask for a save and a clean exit
+        at the end of the current step; every rank agrees on the step through one all-reduce."""
+        self._stop_signal = 0
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. some Ray Train set-ups)
+                pass
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([float(self._stop_signal)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.stop_signal:
+            self.stop_signal = int(flag.item())
+        return bool(flag.item())
+
     def fit(self) -> dict[str, Any]:
         job = self.job
         t = job.train
@@ -200,6 +247,8 @@ class Trainer:
         last: dict[str, Any] = {}
         saved_at = self.step
         end = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
+        self.stop_signal = 0
+        self._install_signal_handlers()
         while self.step < end:
             t0 = time.perf_counter()
             out = self.train_step()
@@ -218,6 +267,10 @@ class Trainer:
             if (interval and self.step % interval == 0) or self.step == end:
                 self.save()
                 saved_at = self.step
+            if self._stop_requested():
+                if self.info.rank == 0:
+                    print(f"received signal {self.stop_signal}: saving at step {self.step} and stopping", flush=True)
+                break
         if saved_at != self.step:
             self.save()
         for cb in self.callbacks:
