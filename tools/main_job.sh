@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The main job on the bundled corpus, stage by stage: tokenizer → Ray preprocessing → training with
+# tensor parallelism over 2 CPU processes → summary. Each stage's command is the one the README shows.
+# Usage: tools/main_job.sh [OUT_DIR]   (default runs/quickstart; re-running resumes/reuses stages)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/quickstart}
+BIN=${VENV:-.venv}/bin
+export PATH="$BIN:$PATH" DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+STEPS=${MAIN_JOB_STEPS:-300}
+start=$(date +%s)
+stage() { printf '\n=== %s (%ss)\n' "$1" $(( $(date +%s) - start )); }
+
+stage "1/4 tokenizer: sentencepiece BPE, 4096 tokens"
+[ -f "$OUT/tokenizer/tokenizer.model" ] || \
+  bigtrain tokenizer train --input data/python-docs.jsonl.gz --vocab-size 4096 --output "$OUT/tokenizer"
+
+stage "2/4 preprocess: Ray tasks → WebDataset shards"
+bigtrain preprocess --input data/python-docs.jsonl.gz --tokenizer "$OUT/tokenizer" --output "$OUT/data" \
+  --num-shards 8 --heldout-fraction 0.03 --workers 2
+
+stage "3/4 train: TP=2 over 2 processes (torchrun), held-out eval every 100 steps"
+torchrun --standalone --nproc_per_node 2 -m bigtrain train configs/tiny-cpu.yaml --run-dir "$OUT/train" \
+  data.path="$OUT/data" tokenizer="$OUT/tokenizer" model.vocab_size=4096 model.seq_len=128 \
+  model.d_model=128 model.ffn_hidden=384 parallel.tp=2 train.max_steps="$STEPS" train.global_batch_size=16 \
+  train.log_interval=25 train.eval_interval=100 checkpoint.interval=100
+
+stage "4/4 summary"
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = [json.loads(l) for l in (out / "train" / "metrics.jsonl").read_text().splitlines() if l]
+train = [r for r in rows if "split" not in r]
+held = [r for r in rows if r.get("split") == "heldout"]
+print(f"tokenizer      {out / 'tokenizer'}")
+print(f"dataset        {out / 'data'}")
+print(f"run            {out / 'train'}  (metrics.jsonl, tensorboard/, checkpoints/)")
+print(f"loss curve     {out / 'train' / 'loss.png'}")
+print(f"train loss     {train[0]['loss']:.3f} -> {train[-1]['loss']:.3f} over {train[-1]['step']} steps")
+if held:
+    print(f"held-out       loss {held[-1]['loss']:.3f}, perplexity {held[-1]['ppl']:.1f}")
+print(f"throughput     {sum(r['tokens_per_s'] for r in train) / len(train):,.0f} tokens/s")
+PY
+printf '\nmain job done in %ss\n' $(( $(date +%s) - start ))
