@@ -1,11 +1,16 @@
-"""Checkpoints: DeepSpeed's files plus ``bigtrain.json``, which is written last and marks completion.
+"""Checkpoints that cannot be torn.
 
-Layout: ``RUN/checkpoints/step_00000010/{DeepSpeed files, bigtrain.json}``. A directory without a
-readable ``bigtrain.json`` is an interrupted save and is never resumed from.
+Layout: ``RUN/checkpoints/step_00000010/{DeepSpeed files, tokenizer/, bigtrain.json}`` and
+``RUN/checkpoints/latest``. A save writes DeepSpeed's files, then ``bigtrain.json`` (config, step, data
+position, and the size and sha256 of every other file) under a temporary name and renames it, and only
+then moves ``latest``. A directory without a readable ``bigtrain.json`` is an interrupted save; one whose
+files do not match their checksums is damaged. Resuming takes the newest checkpoint that verifies and
+says why any newer one was passed over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -17,7 +22,7 @@ import torch.distributed as dist
 
 from bigtrain import __version__
 from bigtrain.errors import BigtrainError
-from bigtrain.io import atomic_write_json
+from bigtrain.io import atomic_write_json, atomic_write_text
 
 META_FILE = "bigtrain.json"
 TOKENIZER_SUBDIR = "tokenizer"  # a copy of the run's tokenizer, so a checkpoint stands alone
@@ -60,8 +65,59 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Newest checkpoint with a bigtrain.json (not verified: see :func:`latest_verified_checkpoint`)."""
     found = complete_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_files(ckpt_dir: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(ckpt_dir)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+            for p in sorted(ckpt_dir.rglob("*")) if p.is_file() and p.name != META_FILE}
+
+
+def verify_checkpoint(ckpt_dir: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason it is not."""
+    try:
+        meta = read_meta(ckpt_dir)
+    except BigtrainError as e:
+        return str(e)
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{ckpt_dir / META_FILE} lists no files"
+    for rel, want in files.items():
+        p = ckpt_dir / rel
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.stat().st_size != want.get("bytes"):
+            return f"{p} has {p.stat().st_size} bytes, expected {want.get('bytes')}"
+        if file_digest(p) != want.get("sha256"):
+            return f"{p} does not match its sha256"
+    return None
+
+
+def latest_verified_checkpoint(run_dir: str | Path, log=print) -> Path | None:
+    """Newest checkpoint under RUN that verifies; each newer one passed over is logged with its reason."""
+    root = checkpoints_root(run_dir)
+    candidates = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _TAG.match(d.name)
+            if m and d.is_dir():
+                candidates.append((int(m.group(1)), d))
+    for _, d in sorted(candidates, reverse=True):
+        reason = verify_checkpoint(d)
+        if reason is None:
+            return d
+        log(f"checkpoint {d.name} passed over: {reason}")
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -90,7 +146,8 @@ class CheckpointManager:
             shutil.rmtree(ckpt_dir)  # an interrupted earlier save of this step
         dist.barrier()
         t0 = time.time()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step})
+        # DeepSpeed's own `latest` would point at the tag before bigtrain.json exists; ours moves last.
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False)
         dist.barrier()
         if rank == 0:
             if tokenizer_dir is not None:
@@ -98,14 +155,21 @@ class CheckpointManager:
                 src = src if src.is_dir() else src.parent
                 shutil.copytree(src, ckpt_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
             atomic_write_json(ckpt_dir / META_FILE, {**meta, "step": step, "bigtrain_version": __version__,
-                                                     "saved_at": time.time(), "save_seconds": time.time() - t0})
+                                                     "saved_at": time.time(), "save_seconds": time.time() - t0,
+                                                     "files": checksum_files(ckpt_dir)})
+            atomic_write_text(self.root / "latest", tag)
             self._prune()
         dist.barrier()
         return ckpt_dir
 
     def _prune(self) -> None:
-        for old in complete_checkpoints(self.run_dir)[:-self.keep]:
+        complete = complete_checkpoints(self.run_dir)
+        for old in complete[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        newest = complete[-1].name if complete else ""
+        for d in self.root.glob("step_*"):  # leftovers of saves that were interrupted
+            if d.is_dir() and d.name < newest and not (d / META_FILE).exists():
+                shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod
     def load(engine, ckpt_dir: Path) -> None:

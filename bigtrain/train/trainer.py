@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_checkpoint, read_meta
+from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_verified_checkpoint, read_meta
 from bigtrain.config.job import JobConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
@@ -135,9 +135,15 @@ class Trainer:
         self.flops_per_token = flops_per_token(job.model)
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        # Rank 0 verifies checksums once; every rank loads the checkpoint it chose.
+        chosen = [None]
+        if self.info.rank == 0:
+            found = latest_verified_checkpoint(self.run_dir)
+            chosen = [str(found) if found else None]
+        dist.broadcast_object_list(chosen, src=0)
+        if chosen[0] is None:
             return
+        ckpt = Path(chosen[0])
         meta = read_meta(ckpt)
         if meta["config"].get("model") != self.job.model.to_dict():
             raise BigtrainError(f"{ckpt}: the checkpoint's model config differs from this run's; "
@@ -209,6 +215,8 @@ class Trainer:
     def save(self) -> Path:
         ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),
                                      tokenizer_dir=self.tokenizer.path if self.tokenizer else None)
+        if self.info.rank == 0:
+            print(f"saved checkpoint {ckpt}", flush=True)
         for cb in self.callbacks:
             cb.on_checkpoint(self, ckpt)
         return ckpt
