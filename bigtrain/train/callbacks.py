@@ -35,7 +35,9 @@ class MetricsFile(Callback):
         self._f = self.path.open("a")
 
     def on_log(self, trainer, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
+        # Strict JSON: a non-finite loss of a skipped step is written as null.
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
 
     def on_train_end(self, trainer) -> None:
@@ -48,7 +50,8 @@ class Console(Callback):
             print(f"step {r['step']:>6} | {r['split']} loss {r['loss']:.4f} | ppl {r['ppl']:.2f}", flush=True)
             return
         parts = [f"step {r['step']:>6}/{trainer.job.train.max_steps}", f"loss {r['loss']:.4f}",
-                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3f}", f"{r['tokens_per_s']:,.0f} tok/s"]
+                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm'] if r['grad_norm'] is None else format(r['grad_norm'], '.3f')}",
+                 f"{r['tokens_per_s']:,.0f} tok/s"]
         if "mfu" in r:
             parts.append(f"mfu {100 * r['mfu']:.1f}%")
         if r.get("skipped"):
@@ -97,7 +100,8 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
     train, held = [], []
     for line in Path(metrics_path).read_text().splitlines():
         r = json.loads(line)
-        (held if r.get("split") else train).append((r["step"], r["loss"]))
+        if r.get("loss") is not None:
+            (held if r.get("split") else train).append((r["step"], r["loss"]))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train")

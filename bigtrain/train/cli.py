@@ -59,5 +59,7 @@ def run(args) -> int:
         trainer.fit()
     finally:
         trainer.close()
+    if trainer.stop_reason:
+        raise BigtrainError(trainer.stop_reason)
     # 143 (= killed by SIGTERM) tells schedulers the job is unfinished; it resumes from the saved step.
     return EXIT_PREEMPTED if trainer.stop_signal else 0

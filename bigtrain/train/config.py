@@ -42,6 +42,12 @@ class TrainConfig(Config):
     """fp32 (default, and the one that is bitwise reproducible on CPU) or bf16."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass to save memory."""
+    max_nonfinite_steps: int = 5
+    """Stop (with a checkpoint of the last good weights) after this many consecutive steps whose loss or
+    gradient norm is not finite; each such step is skipped, not applied."""
+    spike_factor: float = 3.0
+    """Warn, naming the batch's sample ids, when a step's loss exceeds this multiple of the running mean
+    (0 disables)."""
     log_interval: int = 1
     """Write a metrics record every this many steps."""
     eval_interval: int = 0
@@ -50,15 +56,18 @@ class TrainConfig(Config):
     """Micro-batches per held-out evaluation."""
 
     def validate(self, prefix: str = "train.") -> None:
-        for name in ("max_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_batches"):
+        for name in ("max_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_batches",
+                     "max_nonfinite_steps"):
             if getattr(self, name) <= 0:
                 raise BigtrainError(f"{prefix}{name}={getattr(self, name)} must be positive")
         if self.lr <= 0:
             raise BigtrainError(f"{prefix}lr={self.lr} must be positive")
         if self.stop_after < 0:
             raise BigtrainError(f"{prefix}stop_after={self.stop_after} must not be negative")
-        if self.warmup_steps < 0 or self.eval_interval < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise BigtrainError(f"{prefix}warmup_steps, eval_interval, grad_clip and weight_decay must not be negative")
+        if self.warmup_steps < 0 or self.eval_interval < 0 or self.grad_clip < 0 or self.weight_decay < 0 \
+                or self.spike_factor < 0:
+            raise BigtrainError(f"{prefix}warmup_steps, eval_interval, grad_clip, weight_decay and spike_factor "
+                                "must not be negative")
         if not 0 <= self.min_lr_ratio <= 1:
             raise BigtrainError(f"{prefix}min_lr_ratio={self.min_lr_ratio} must be between 0 and 1")
         if self.global_batch_size % self.micro_batch_size:

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bigtrain.config.job import JobConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
 from bigtrain.train.flops import flops_per_token, peak_flops
+from bigtrain.train.guard import GuardedLoss, SkippingAdamW
 from bigtrain.train.schedule import lr_factor
 
 
@@ -85,6 +87,8 @@ class Trainer:
         self.extra_callbacks = callbacks or []
         self.start_step = 0
         self.step = 0
+        self.skipped_steps = 0
+        self.stop_signal = 0
 
     # ----------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -101,7 +105,7 @@ class Trainer:
 
         ds_logger.setLevel(logging.WARNING)
         from bigtrain.data.build import build_loader
-        from bigtrain.model.llama import layer_specs, lm_loss
+        from bigtrain.model.llama import layer_specs
         from bigtrain.parallel.pipeline import build_module
         from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
 
@@ -110,15 +114,16 @@ class Trainer:
         assert self.topo.dp == dp
         torch.manual_seed(job.train.seed)
         specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
-        module = build_module(specs, self.topo, lm_loss, job.train.activation_checkpointing,
+        self.loss_fn = GuardedLoss()
+        module = build_module(specs, self.topo, self.loss_fn, job.train.activation_checkpointing,
                               job.parallel.partition_method)
         t = job.train
-        optimizer = torch.optim.AdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
-                                      eps=t.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+        self.optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
+                                       eps=t.eps)
+        # The LR is set from the step before every update (see train_step) rather than by a scheduler
+        # object, so skipped steps and resumed runs follow the same schedule under every ZeRO stage.
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(job, dp),
+            model=module, optimizer=self.optimizer, config=deepspeed_config(job, dp),
             mpu=None if self.topo.pp > 1 else MegatronMPU(), dist_init_required=False)
         self.pipelined = self.topo.pp > 1
         self.loader = build_loader(job, self.topo.dp_rank, dp, split="train")
@@ -156,6 +161,7 @@ class Trainer:
         CheckpointManager.load(self.engine, ckpt)
         self.loader.load_state_dict(meta["loader"])
         self.start_step = self.step = int(meta["step"])
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
         if self.info.rank == 0:
             print(f"resumed from {ckpt} at step {self.step}", flush=True)
 
@@ -169,9 +175,16 @@ class Trainer:
             value /= self.topo.dp
         return float(value)
 
+    def lr_at(self, step: int) -> float:
+        t = self.job.train
+        return t.lr * lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+
     def train_step(self) -> dict[str, Any]:
         engine = self.engine
-        lr = engine.get_lr()[0]
+        lr = self.lr_at(self.step)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        self.loss_fn.step = self.step + 1
         if self.pipelined:
             loss = float(engine.train_batch(data_iter=self.loader))
         else:
@@ -185,8 +198,9 @@ class Trainer:
                 losses.append(loss_t.detach().float())
             loss = self._dp_mean(torch.stack(losses).mean())
         grad_norm = engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+        grad_norm = float(grad_norm) if grad_norm is not None else None  # None: clipping is off
+        skipped = not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm))
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": skipped}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -209,6 +223,7 @@ class Trainer:
                 "consumed_tokens": self.step * self.tokens_per_step,
                 "consumed_samples": self.step * self.job.train.global_batch_size,
                 "tokenizer": TOKENIZER_SUBDIR if self.tokenizer else None,
+                "skipped_steps": self.skipped_steps,
                 "layout": {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
                            "zero_stage": self.job.parallel.zero_stage}}
 
@@ -220,6 +235,15 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_checkpoint(self, ckpt)
         return ckpt
+
+    def _warn_spike(self, loss: float, mean: float, first_sample: int, count: int) -> None:
+        if self.info.rank != 0:
+            return
+        source = getattr(self.loader, "source", None)
+        ids = [source.sample_id(i) for i in range(first_sample, first_sample + count)] if source else []
+        shown = ", ".join(ids[:16]) + (f", … ({len(ids)} in all)" if len(ids) > 16 else "")
+        print(f"warning: loss spike at step {self.step}: {loss:.4f} > {self.job.train.spike_factor} × running "
+              f"mean {mean:.4f}; samples: {shown}", flush=True)
 
     def _emit(self, record: dict[str, Any]) -> None:
         for cb in self.callbacks:
@@ -241,7 +265,7 @@ class Trainer:
                 pass
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([float(self._stop_signal)])
+        flag = torch.tensor([float(self._stop_signal)], device=self.info.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not self.stop_signal:
             self.stop_signal = int(flag.item())
@@ -254,8 +278,12 @@ class Trainer:
             cb.on_train_start(self)
         last: dict[str, Any] = {}
         saved_at = self.step
+        streak = 0
+        recent: deque[float] = deque(maxlen=50)
+        gbs = t.global_batch_size
         end = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
         self.stop_signal = 0
+        self.stop_reason = None
         self._install_signal_handlers()
         while self.step < end:
             t0 = time.perf_counter()
@@ -263,8 +291,16 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.step += 1
             tps = self.tokens_per_step / dt
-            last = {"step": self.step, **out, "tokens": self.step * self.tokens_per_step,
-                    "tokens_per_s": tps, "step_time_s": dt}
+            if out["skipped"]:
+                streak += 1
+                self.skipped_steps += 1
+            else:
+                streak = 0
+                if t.spike_factor and len(recent) >= 10 and out["loss"] > t.spike_factor * (sum(recent) / len(recent)):
+                    self._warn_spike(out["loss"], sum(recent) / len(recent), (self.step - 1) * gbs, gbs)
+                recent.append(out["loss"])
+            last = {"step": self.step, **out, "skipped_steps": self.skipped_steps,
+                    "tokens": self.step * self.tokens_per_step, "tokens_per_s": tps, "step_time_s": dt}
             if self.peak:
                 last["mfu"] = tps * self.flops_per_token / (self.peak * self.info.world_size)
             if self.step % t.log_interval == 0 or self.step == t.max_steps:
@@ -275,6 +311,15 @@ class Trainer:
             if (interval and self.step % interval == 0) or self.step == end:
                 self.save()
                 saved_at = self.step
+            if streak >= t.max_nonfinite_steps:
+                # Skipped steps changed nothing, so the weights now are those of the last good step.
+                if saved_at != self.step:
+                    self.save()
+                    saved_at = self.step
+                self.stop_reason = (f"stopped after {streak} consecutive steps with a non-finite loss or gradient "
+                                    f"norm (steps {self.step - streak + 1}-{self.step}); the checkpoint at step "
+                                    f"{self.step} holds the last good weights")
+                break
             if self._stop_requested():
                 if self.info.rank == 0:
                     print(f"received signal {self.stop_signal}: saving at step {self.step} and stopping", flush=True)
