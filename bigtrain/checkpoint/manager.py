@@ -173,7 +173,14 @@ class CheckpointManager:
 
     @staticmethod
     def load(engine, ckpt_dir: Path) -> None:
-        path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
+        import pickle
+
+        try:
+            path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+        except pickle.UnpicklingError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BigtrainError(f"{ckpt_dir}: refused to load a file that is not plain tensors and containers "
+                                f"(torch.load weights_only=True: {first[:160]})") from None
         if path is None:
             raise BigtrainError(f"{ckpt_dir}: DeepSpeed could not load this checkpoint")

@@ -104,6 +104,7 @@ class Trainer:
         from deepspeed.utils import logger as ds_logger
 
         ds_logger.setLevel(logging.WARNING)
+        from bigtrain.checkpoint.safe_load import use_safe_loading
         from bigtrain.data.build import build_loader
         from bigtrain.model.llama import layer_specs
         from bigtrain.parallel.pipeline import build_module
@@ -125,6 +126,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=self.optimizer, config=deepspeed_config(job, dp),
             mpu=None if self.topo.pp > 1 else MegatronMPU(), dist_init_required=False)
+        use_safe_loading(self.engine)
         self.pipelined = self.topo.pp > 1
         self.loader = build_loader(job, self.topo.dp_rank, dp, split="train")
         self.gas = t.global_batch_size // (t.micro_batch_size * dp)
