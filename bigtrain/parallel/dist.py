@@ -58,6 +58,20 @@ def map_launcher_env() -> None:
     env.setdefault("LOCAL_RANK", "0")
 
 
+def _restart_scoped_store():
+    """Under torchrun with restarts, the agent's store outlives a failed attempt, and the restarted
+    ranks would read the dead ranks' addresses from it; keys are scoped by attempt instead."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                       int(os.environ["WORLD_SIZE"]), is_master=False,
+                                       timeout=timedelta(minutes=30))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"/bigtrain/attempt_{attempt}", store)
+
+
 @dataclass
 class DistInfo:
     rank: int
@@ -80,8 +94,13 @@ def init_distributed() -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    backend = "nccl" if kind == "cuda" else "gloo"
+    store = _restart_scoped_store()
+    if store is not None and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                             world_size=int(os.environ["WORLD_SIZE"]))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False)
-    else:  # Ray Train already made the group; DeepSpeed's comm layer adopts it
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    else:  # Ray Train (or the store above) already made the group; DeepSpeed's comm layer adopts it
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)

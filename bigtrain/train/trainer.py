@@ -6,6 +6,7 @@ and the pipeline schedule. One step = one optimizer update over ``global_batch_s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -238,6 +239,16 @@ class Trainer:
             cb.on_checkpoint(self, ckpt)
         return ckpt
 
+    def _samples_digest(self, first_sample: int, count: int) -> str | None:
+        """A short hash of the ids of the step's samples: equal digests, equal data (resume checks)."""
+        source = getattr(self.loader, "source", None)
+        if source is None:
+            return None
+        h = hashlib.sha1()
+        for i in range(first_sample, first_sample + count):
+            h.update(source.sample_id(i).encode() + b"\n")
+        return h.hexdigest()[:16]
+
     def _warn_spike(self, loss: float, mean: float, first_sample: int, count: int) -> None:
         if self.info.rank != 0:
             return
@@ -306,6 +317,8 @@ class Trainer:
             if self.peak:
                 last["mfu"] = tps * self.flops_per_token / (self.peak * self.info.world_size)
             if self.step % t.log_interval == 0 or self.step == t.max_steps:
+                if self.info.rank == 0:
+                    last["samples"] = self._samples_digest((self.step - 1) * gbs, gbs)
                 self._emit(last)
             if t.eval_interval and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
                 self._emit({"step": self.step, **self.evaluate()})
