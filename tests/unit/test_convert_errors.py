@@ -1,0 +1,106 @@
+"""Bad inputs to convert / import-hf / export-hf: one line on stderr, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from bigtrain.config.job import JobConfig
+from bigtrain.convert import layout as L
+from tests.helpers import REPO, bigtrain
+
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+
+
+def one_line_error(proc, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"bigtrain: error: {message}"
+
+
+def fake_tp2_pp2_checkpoint(path):
+    job = JobConfig.from_dict({"model": {"n_layers": 2}, "parallel": {"tp": 2, "pp": 2}})
+    path.mkdir()
+    meta = {"config": job.to_dict(), "step": 10, "loader": {"consumed_samples": 80},
+            "layout": {"tp": 2, "pp": 2, "dp": 1, "zero_stage": 1}}
+    (path / "bigtrain.json").write_text(json.dumps(meta))
+    from bigtrain.convert.checkpoint_io import expected_files
+
+    for name in expected_files(meta, job.model):
+        (path / name).write_bytes(b"")
+
+
+def test_checkpoint_missing_a_file(tmp_path):
+    ckpt = tmp_path / "step_00000010"
+    fake_tp2_pp2_checkpoint(ckpt)
+    (ckpt / "layer_02-model_01-model_states.pt").unlink()
+    proc = bigtrain("convert", "--input", str(ckpt), "--output", str(tmp_path / "out"), "--to", "consolidated",
+                    check=False)
+    one_line_error(proc, f"{ckpt}: layer_02-model_01-model_states.pt is missing "
+                         "(expected for layout tp=2 pp=2 dp=1 zero_stage=1)")
+    assert not (tmp_path / "out").exists()
+    proc = bigtrain("export-hf", "--input", str(ckpt), "--output", str(tmp_path / "hf"), check=False)
+    one_line_error(proc, f"{ckpt}: layer_02-model_01-model_states.pt is missing "
+                         "(expected for layout tp=2 pp=2 dp=1 zero_stage=1)")
+    proc = bigtrain("generate", "--checkpoint", str(ckpt), "--prompt", "hi", check=False)
+    one_line_error(proc, f"{ckpt}: layer_02-model_01-model_states.pt is missing "
+                         "(expected for layout tp=2 pp=2 dp=1 zero_stage=1)")
+
+
+def test_checkpoint_dir_without_metadata(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = bigtrain("convert", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o"), "--tp", "1",
+                    check=False)
+    one_line_error(proc, f"{tmp_path / 'empty'}: no complete checkpoint here "
+                         "(expected bigtrain.json or checkpoints/step_*/)")
+
+
+def test_non_llama_hf_config(tmp_path):
+    hf = tmp_path / "gpt2"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                                                "n_embd": 64}))
+    proc = bigtrain("import-hf", "--input", str(hf), "--output", str(tmp_path / "ckpt"), check=False)
+    one_line_error(proc, f"{hf / 'config.json'}: model_type 'gpt2' is not supported "
+                         "(expected 'llama', a LlamaForCausalLM)")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_tokenizer_does_not_match_vocabulary(tmp_path):
+    tok = tmp_path / "tok"
+    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
+             "--output", str(tok))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(LLAMA))  # vocab_size 256 < 512 tokenizer pieces
+    shutil.copy(tok / "tokenizer.model", hf / "tokenizer.model")
+    proc = bigtrain("import-hf", "--input", str(hf), "--output", str(tmp_path / "ckpt"), check=False)
+    one_line_error(proc, f"{hf / 'tokenizer.model'}: tokenizer has 512 tokens but config.json vocab_size=256")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_layout_split_and_merge_round_trip():
+    full = torch.arange(8 * 6, dtype=torch.float32).view(8, 6)
+    for name, dim in (("3.self_attn.q_proj.weight", 0), ("3.self_attn.o_proj.weight", 1),
+                      ("3.mlp.down_proj.weight", 1), ("0.embed_tokens.weight", 0), ("4.lm_head.weight", 0)):
+        assert L.tp_split_dim(name) == dim
+        parts = [L.shard(full, name, 2, r) for r in range(2)]
+        assert parts[0].shape[dim] == full.shape[dim] // 2
+        assert torch.equal(L.merge(parts, name), full)
+    assert L.tp_split_dim("1.input_layernorm.weight") is None
+    assert torch.equal(L.shard(full[0], "3.norm.weight", 2, 1), full[0])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hf_name_map_covers_every_tensor(tied):
+    from bigtrain.model.config import ModelConfig
+
+    cfg = ModelConfig(n_layers=2, tie_embeddings=tied)
+    names = L.to_hf_names(cfg)
+    assert set(names) == set(L.expected_shapes(cfg))
+    assert ("lm_head.weight" in names.values()) is (not tied)
