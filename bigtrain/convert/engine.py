@@ -112,37 +112,13 @@ def write_native(out_tmp: Path, weights: dict[str, torch.Tensor], optim: dict[st
 
 # ------------------------------------------------------------------------------------------ worker side
 def _build_engine(job):
-    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
-    from bigtrain.parallel.dist import init_distributed
+    from bigtrain.train.trainer import build_engine
 
-    info = init_distributed()
-    dp = job.check_world(info.world_size)
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
-    from bigtrain.model.llama import layer_specs
-    from bigtrain.parallel.pipeline import build_module
-    from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
-    from bigtrain.train.guard import GuardedLoss, SkippingAdamW
-    from bigtrain.train.trainer import _param_groups, _set_cpu_threads, deepspeed_config
-
-    # The same engine the trainer builds (bigtrain/train/trainer.py Trainer.setup): same module, same
-    # optimizer class and parameter groups, no LR scheduler object (the trainer sets the LR from the step).
-    _set_cpu_threads()
-    topo = setup_parallel(job.parallel, info)
-    torch.manual_seed(job.train.seed)
-    specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
-    module = build_module(specs, topo, GuardedLoss(), False, job.parallel.partition_method)
-    t = job.train
-    optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, config=deepspeed_config(job, dp),
-        mpu=None if topo.pp > 1 else MegatronMPU(), dist_init_required=False)
-    return engine, topo
+    built = build_engine(job)
+    return built.engine, built.topo
 
 
 def _base_optimizer(engine):

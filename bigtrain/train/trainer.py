@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,50 @@ def _set_cpu_threads() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
 
 
+@dataclass
+class BuiltEngine:
+    engine: Any  # deepspeed.DeepSpeedEngine (a PipelineEngine when PP > 1)
+    topo: Any  # bigtrain.parallel.topology.Topology
+    info: Any  # bigtrain.parallel.dist.DistInfo
+    loss_fn: GuardedLoss
+
+
+def build_engine(job: JobConfig) -> BuiltEngine:
+    """Process groups, the model in its layout, AdamW and the DeepSpeed engine around them.
+
+    The one place an engine is made: the trainer and the checkpoint converter both call it, so a
+    converted checkpoint always matches what training loads. Collective: every rank calls it.
+    """
+    from bigtrain.parallel.dist import init_distributed
+
+    info = init_distributed()
+    dp = job.check_world(info.world_size)
+
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    from bigtrain.checkpoint.safe_load import use_safe_loading
+    from bigtrain.model.llama import layer_specs
+    from bigtrain.parallel.pipeline import build_module
+    from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
+
+    _set_cpu_threads()
+    topo = setup_parallel(job.parallel, info)
+    torch.manual_seed(job.train.seed)
+    specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
+    loss_fn = GuardedLoss()
+    module = build_module(specs, topo, loss_fn, job.train.activation_checkpointing, job.parallel.partition_method)
+    t = job.train
+    optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    # The LR is set from the step before every update (Trainer.train_step) rather than by a scheduler
+    # object, so skipped steps and resumed runs follow the same schedule under every ZeRO stage.
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(job, dp),
+                                           mpu=None if topo.pp > 1 else MegatronMPU(), dist_init_required=False)
+    use_safe_loading(engine)
+    return BuiltEngine(engine, topo, info, loss_fn)
+
+
 class Trainer:
     def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
         self.job = job
@@ -93,41 +138,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
-        from bigtrain.parallel.dist import init_distributed
-
         job = self.job
         self.tokenizer = resolve_tokenizer(job)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.info = init_distributed()
-        dp = job.check_world(self.info.world_size)
-
-        import deepspeed
-        from deepspeed.utils import logger as ds_logger
-
-        ds_logger.setLevel(logging.WARNING)
-        from bigtrain.checkpoint.safe_load import use_safe_loading
+        built = build_engine(job)
+        self.engine, self.topo, self.info, self.loss_fn = built.engine, built.topo, built.info, built.loss_fn
         from bigtrain.data.build import build_loader
-        from bigtrain.model.llama import layer_specs
-        from bigtrain.parallel.pipeline import build_module
-        from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
 
-        _set_cpu_threads()
-        self.topo = setup_parallel(job.parallel, self.info)
-        assert self.topo.dp == dp
-        torch.manual_seed(job.train.seed)
-        specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
-        self.loss_fn = GuardedLoss()
-        module = build_module(specs, self.topo, self.loss_fn, job.train.activation_checkpointing,
-                              job.parallel.partition_method)
-        t = job.train
-        self.optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
-                                       eps=t.eps)
-        # The LR is set from the step before every update (see train_step) rather than by a scheduler
-        # object, so skipped steps and resumed runs follow the same schedule under every ZeRO stage.
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=self.optimizer, config=deepspeed_config(job, dp),
-            mpu=None if self.topo.pp > 1 else MegatronMPU(), dist_init_required=False)
-        use_safe_loading(self.engine)
+        t, dp = job.train, self.topo.dp
         self.pipelined = self.topo.pp > 1
         self.loader = build_loader(job, self.topo.dp_rank, dp, split="train")
         self.gas = t.global_batch_size // (t.micro_batch_size * dp)
