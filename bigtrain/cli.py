@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "bigtrain.convert.cli",
     "bigtrain.generate.cli",
     "bigtrain.launch.cli",
+    "bigtrain.plan.cli",
 ]
 
 

@@ -1,0 +1,5 @@
+"""Subcommands of this stage (registered as they are built)."""
+
+
+def register(sub) -> None:
+    pass
