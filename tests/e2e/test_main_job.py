@@ -18,7 +18,7 @@ def test_main_job_script(tmp_path):
     proc = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    for stage in ("1/4 tokenizer", "2/4 preprocess", "3/4 train", "4/4 summary"):
+    for stage in ("1/6 tokenizer", "2/6 preprocess", "3/6 train", "4/6 export", "5/6 generate", "6/6 summary"):
         assert stage in proc.stdout
     rows = metrics(out / "train")
     assert rows[-1]["step"] == 20
@@ -31,6 +31,8 @@ def test_main_job_script(tmp_path):
     assert meta["tokenizer"] == "tokenizer" and (ckpt / "tokenizer" / "tokenizer.model").is_file()
     assert meta["layout"]["tp"] == 2 and meta["config"]["data"]["path"] == [str(out / "data")]
     assert "held-out       loss" in proc.stdout and "main job done" in proc.stdout
+    assert "logits match transformers" in proc.stdout + proc.stderr
+    assert (out / "hf" / "config.json").is_file() and (out / "sample.txt").read_text().startswith("The Python")
     # Re-running reuses the tokenizer and the verified shards, and the finished run stays finished.
     again = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=900)
