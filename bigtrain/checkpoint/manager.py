@@ -10,8 +10,6 @@ says why any newer one was passed over.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shutil
 import time
@@ -22,7 +20,7 @@ import torch.distributed as dist
 
 from bigtrain import __version__
 from bigtrain.errors import BigtrainError
-from bigtrain.io import atomic_write_json, atomic_write_text
+from bigtrain.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 
 META_FILE = "bigtrain.json"
 TOKENIZER_SUBDIR = "tokenizer"  # a copy of the run's tokenizer, so a checkpoint stands alone
@@ -41,10 +39,7 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / META_FILE
     if not path.is_file():
         raise BigtrainError(f"{ckpt_dir} is not a complete bigtrain checkpoint: {META_FILE} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BigtrainError(f"{path}: not valid JSON") from None
+    meta = read_json(path)
     for key in ("step", "config"):
         if key not in meta:
             raise BigtrainError(f"{path}: field {key!r} is missing")
@@ -70,16 +65,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checksum_files(ckpt_dir: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(ckpt_dir)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+    return {str(p.relative_to(ckpt_dir)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(ckpt_dir.rglob("*")) if p.is_file() and p.name != META_FILE}
 
 
@@ -98,7 +85,7 @@ def verify_checkpoint(ckpt_dir: Path) -> str | None:
             return f"{p} is missing"
         if p.stat().st_size != want.get("bytes"):
             return f"{p} has {p.stat().st_size} bytes, expected {want.get('bytes')}"
-        if file_digest(p) != want.get("sha256"):
+        if sha256_file(p) != want.get("sha256"):
             return f"{p} does not match its sha256"
     return None
 

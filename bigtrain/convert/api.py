@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bigtrain.convert.checkpoint_io import (CONSOLIDATED, META_FILE, OPTIM_FILE, atomic_dir, check_files,
+from bigtrain.convert.checkpoint_io import (CONSOLIDATED, OPTIM_FILE, atomic_dir, check_files,
                                             copy_tokenizer, is_consolidated, job_from_meta, layout_of,
                                             load_safetensors, meta_for_layout, model_config, open_checkpoint,
                                             read_weights, write_consolidated, write_meta)
@@ -36,7 +36,7 @@ def convert(input: str | Path, output: str | Path, tp: int | None = None, pp: in
             force: bool = False) -> dict[str, Any]:
     """Reshard (``to=None``) or consolidate (``to='consolidated'``). Returns the new bigtrain.json."""
     ckpt, meta = open_checkpoint(input)
-    cfg = model_config(meta, ckpt)
+    model_config(meta, ckpt)  # fails early, in one line, on a checkpoint without a usable model section
     src = layout_of(meta)
     if to not in (None, CONSOLIDATED):
         raise BigtrainError(f"--to {to}: expected 'consolidated' (or no --to to reshard)")

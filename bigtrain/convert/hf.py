@@ -13,6 +13,7 @@ import torch
 from bigtrain.convert import layout as L
 from bigtrain.convert.checkpoint_io import _progress, atomic_dir, model_config, read_weights
 from bigtrain.errors import BigtrainError
+from bigtrain.io import read_json
 from bigtrain.model.config import ModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -293,7 +294,6 @@ def import_hf(input: str | Path, output: str | Path, tp: int = 1, pp: int = 1, d
     from bigtrain.config.job import JobConfig, load_job_config
     from bigtrain.convert.checkpoint_io import CONSOLIDATED, write_consolidated, write_meta
     from bigtrain.convert.engine import write_native
-    from bigtrain.io import atomic_write_json
 
     hf_dir = Path(input)
     if not hf_dir.is_dir():
@@ -301,10 +301,7 @@ def import_hf(input: str | Path, output: str | Path, tp: int = 1, pp: int = 1, d
     conf_file = hf_dir / "config.json"
     if not conf_file.is_file():
         raise BigtrainError(f"{hf_dir}: config.json is missing")
-    try:
-        hf = json.loads(conf_file.read_text())
-    except ValueError:
-        raise BigtrainError(f"{conf_file}: not valid JSON") from None
+    hf = read_json(conf_file)
     cfg = model_config_from_hf(hf, str(conf_file))
     check_import_tokenizer(hf_dir, tokenizer, cfg)
     weights = hf_to_canonical(read_hf_weights(hf_dir), cfg, str(hf_dir))

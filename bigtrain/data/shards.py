@@ -11,10 +11,7 @@ whenever their documents are. Any WebDataset reader can open them (``.npy`` deco
 from __future__ import annotations
 
 import ast
-import hashlib
 import io
-import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bigtrain.errors import BigtrainError
+from bigtrain.io import atomic_write_bytes, read_json, sha256_file  # noqa: F401 (preprocess imports sha256_file from here)
 
 MANIFEST = "manifest.json"
 FORMAT = "bigtrain-webdataset-tokens-v1"
@@ -53,23 +51,7 @@ def shard_bytes(samples: list[tuple[str, np.ndarray]]) -> bytes:
     return out.getvalue()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+atomic_write = atomic_write_bytes  # the name preprocessing uses
 
 
 def read_shard(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -130,10 +112,7 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
         raise BigtrainError(f"{d}: dataset directory not found")
     if not m.is_file():
         raise BigtrainError(f"{d}: no {MANIFEST} (not a finished `bigtrain preprocess` output)")
-    try:
-        manifest = json.loads(m.read_text())
-    except ValueError:
-        raise BigtrainError(f"{m}: not valid JSON") from None
+    manifest = read_json(m)
     if manifest.get("format") != FORMAT:
         raise BigtrainError(f"{m}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest

@@ -8,11 +8,11 @@ training, generation and the Hugging Face export all read it through :func:`load
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from bigtrain.errors import BigtrainError
+from bigtrain.io import read_json
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
@@ -96,10 +96,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise BigtrainError(f"{p}: no {MODEL_FILE} in tokenizer directory")
     meta = {}
     if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except ValueError:
-            raise BigtrainError(f"{meta_file}: not valid JSON") from None
+        meta = read_json(meta_file)
     tok = Tokenizer(model.read_bytes(), meta, p)
     if meta.get("sha256") and meta["sha256"] != tok.sha256:
         raise BigtrainError(f"{model}: sha256 {tok.sha256[:12]}… does not match {meta_file} "

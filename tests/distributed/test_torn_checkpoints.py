@@ -3,7 +3,6 @@ resumes from the newest checkpoint whose files all match the checksums written l
 checkpoint is passed over with its reason logged."""
 
 import json
-import os
 import random
 import re
 import signal
@@ -12,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from bigtrain.checkpoint.manager import file_digest
+from bigtrain.io import sha256_file
 from tests.helpers import REPO, TINY, bigtrain, env_for_tests, losses
 
 # A model whose save takes a real share of each step: 2 × 16k × 128 embedding/head parameters plus
@@ -29,7 +28,7 @@ def newest_intact(run: Path) -> str | None:
         if not meta_path.is_file():
             continue
         files = json.loads(meta_path.read_text())["files"]
-        if all((d / f).is_file() and file_digest(d / f) == v["sha256"] for f, v in files.items()):
+        if all((d / f).is_file() and sha256_file(d / f) == v["sha256"] for f, v in files.items()):
             best = d.name
     return best
 

@@ -2,7 +2,6 @@
 Ray preprocessing → TP=2 training on the shards → summary. Guards the README against rot."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """The tiny recipe end to end through the real CLI: it learns, writes what the contracts promise,
 and its switches (tied embeddings, activation checkpointing, bf16, launchers, token files) work."""
 
-import json
 import math
 import os
 import shutil

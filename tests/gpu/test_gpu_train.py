@@ -1,6 +1,5 @@
 """On a GPU: bf16 training with flash attention through SDPA logs MFU and learns; TP=2 when 2 GPUs."""
 
-import os
 
 import pytest
 import torch
