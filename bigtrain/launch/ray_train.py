@@ -1,0 +1,115 @@
+"""Ray Train path: the bigtrain Trainer inside a ``TorchTrainer`` worker group.
+
+Ray Train makes the torch.distributed group (gloo on CPU, nccl on GPU) and sets RANK / WORLD_SIZE /
+LOCAL_RANK; ``init_distributed`` adopts that group. Every checkpoint the trainer writes is reported with
+``ray.train.report(..., checkpoint=Checkpoint.from_directory(dir))`` on every rank, so Ray knows the run
+is making progress; on a failure ``FailureConfig(max_failures=K)`` restarts the whole group and the trainer
+resumes from the newest complete checkpoint in the run directory (its own, authoritative copy).
+
+Test hook: ``BIGTRAIN_FAULT_AT_STEP=k`` makes rank ``BIGTRAIN_FAULT_RANK`` (default 0) raise once, when it
+logs step k; a marker file in the run directory keeps later attempts from failing again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bigtrain.errors import BigtrainError
+from bigtrain.train.callbacks import Callback
+
+FAULT_AT_STEP = "BIGTRAIN_FAULT_AT_STEP"
+FAULT_RANK = "BIGTRAIN_FAULT_RANK"
+FAULT_MARKER = ".bigtrain-fault-injected"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test hook to simulate a worker crash."""
+
+
+class ReportCheckpoints(Callback):
+    """Tell Ray Train about each checkpoint (on every rank: Ray's report is a collective)."""
+
+    def on_checkpoint(self, trainer, ckpt_dir: Path) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        ray.train.report({"step": trainer.step}, checkpoint=Checkpoint.from_directory(str(ckpt_dir)))
+
+
+class FaultInjection(Callback):
+    """Crash one worker once at a given step (BIGTRAIN_FAULT_AT_STEP); for tests of the restart path."""
+
+    def __init__(self, run_dir: Path):
+        self.step = int(os.environ.get(FAULT_AT_STEP, "0") or 0)
+        self.rank = int(os.environ.get(FAULT_RANK, "0") or 0)
+        self.marker = Path(run_dir) / FAULT_MARKER
+
+    def on_log(self, trainer, record: dict[str, Any]) -> None:
+        if (self.step and "split" not in record and record["step"] == self.step
+                and trainer.info.rank == self.rank and not self.marker.exists()):
+            self.marker.write_text(f"rank {self.rank} failed at step {self.step}\n")
+            raise InjectedFault(f"{FAULT_AT_STEP}={self.step}: rank {self.rank} fails on purpose")
+
+
+def _worker(cfg: dict[str, Any]) -> None:
+    """The training function each Ray Train worker runs."""
+    os.environ.update(cfg["env"])
+    if os.path.isdir(cfg["cwd"]):
+        os.chdir(cfg["cwd"])  # relative paths in overrides mean what they meant to the driver
+    from bigtrain.config.job import load_job_config
+    from bigtrain.train.trainer import Trainer
+
+    job = load_job_config(cfg["config"], cfg["overrides"])
+    run_dir = Path(cfg["run_dir"])
+    trainer = Trainer(job, run_dir, callbacks=[ReportCheckpoints(), FaultInjection(run_dir)])
+    trainer.setup()
+    # No close() on an error: its barrier would wait for ranks still inside a collective, and the
+    # exception would never reach Ray Train. Ray tears the group down and restarts it.
+    trainer.fit()
+    trainer.close()
+
+
+def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_workers: int, max_failures: int = 3,
+                  ray_address: str | None = None, cpus_per_worker: float = 1.0) -> int:
+    if num_workers < 1:
+        raise BigtrainError(f"--num-workers must be at least 1, got {num_workers}")
+    from bigtrain.config.job import load_job_config
+
+    config_path = Path(config).resolve()
+    job = load_job_config(config_path, overrides)  # bad configs fail here, before any worker starts
+    job.check_world(num_workers)
+    run_dir_path = Path(run_dir).resolve()
+    run_dir_path.mkdir(parents=True, exist_ok=True)
+
+    import ray
+    import torch
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = torch.cuda.is_available()
+    # Handed to the workers through the loop config, not a runtime_env (which would clash with the one
+    # of a `ray job submit`): DeepSpeed's accelerator must be chosen before import, and the test hook.
+    env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK) and v}
+    env["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": str(config_path), "overrides": list(overrides), "run_dir": str(run_dir_path),
+                           "cwd": os.getcwd(), "env": env},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
+        run_config=RunConfig(name="bigtrain", storage_path=str(run_dir_path / "ray"),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # TrainingFailedError: the group failed more than max_failures times
+        raise BigtrainError(f"Ray Train gave up after {max_failures} restart(s): {e}") from e
+    if getattr(result, "error", None):
+        raise BigtrainError(f"Ray Train failed: {result.error}")
+    print(f"ray-train: finished; checkpoints in {run_dir_path / 'checkpoints'}", flush=True)
+    return 0
