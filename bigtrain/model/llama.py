@@ -96,7 +96,40 @@ class Embedding(nn.Module):
         return self.embed_tokens.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() == 3:  # [batch, 2, seq]: token ids and segment ids
+            return attach_segments(self.embed_tokens(tokens[:, 0]), tokens[:, 1])
         return self.embed_tokens(tokens)
+
+
+# --- optional segment ids (packed sequences without attention across examples) ----------------------
+# Inputs of shape [batch, 2, seq] are (token ids, segment ids). The embedding appends the segment ids to
+# the hidden state as SEGMENT_CHANNELS extra channels (hi and lo byte, exact even in bf16), every block
+# strips them, attends only within a segment (block-diagonal causal mask) and appends them again, and
+# the final norm drops them. One activation tensor therefore still flows between layers, which keeps the
+# DeepSpeed pipeline (PP > 1) unchanged. Plain [batch, seq] inputs take the usual causal path.
+SEGMENT_CHANNELS = 2
+
+
+def attach_segments(hidden: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    seg = segment_ids.long()
+    extra = torch.stack([seg // 256, seg % 256], dim=-1).to(hidden.dtype)
+    return torch.cat([hidden, extra], dim=-1)
+
+
+def split_segments(x: torch.Tensor, d_model: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden, segment ids or None) of an activation that may carry segment channels."""
+    if x.shape[-1] == d_model:
+        return x, None
+    extra = x[..., d_model:].detach().float().round().long()
+    return x[..., :d_model], extra[..., 0] * 256 + extra[..., 1]
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, seq, seq] bool: query i sees key j iff j <= i and both are in the same segment."""
+    s = segment_ids.shape[-1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
+    return (same & causal)[:, None]
 
 
 def tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
@@ -122,7 +155,8 @@ class Attention(nn.Module):
         self.o_proj = RowParallelLinear(cfg.n_heads * cfg.head_dim, cfg.d_model, config=mp, init_method=out_init,
                                         bias=False, input_is_parallel=True, skip_bias_add=True)
 
-    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x)[0].view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -133,7 +167,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self, k, v)
         # With a cache and several new tokens the causal mask must be offset by the cached length.
-        if kv_cache is not None and offset > 0 and s > 1:
+        if attn_mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        elif kv_cache is not None and offset > 0 and s > 1:
             mask = torch.ones(s, offset + s, dtype=torch.bool, device=x.device).tril(offset)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
@@ -163,23 +199,28 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, seed: int, layer_index: int):
         super().__init__()
         gen = _layer_generator(seed, layer_index)
+        self.d_model = cfg.d_model
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg, mp, gen)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg, mp, gen)
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x, seg = split_segments(x, self.d_model)
+        mask = segment_mask(seg) if seg is not None else None
+        x = x + self.self_attn(self.input_layernorm(x), kv_cache, mask)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x if seg is None else attach_segments(x, seg)
 
 
 class FinalNorm(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.d_model = cfg.d_model
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+        return self.norm(split_segments(x, self.d_model)[0])
 
 
 class LMHead(nn.Module):

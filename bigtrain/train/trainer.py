@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -90,8 +90,11 @@ class BuiltEngine:
     loss_fn: GuardedLoss
 
 
-def build_engine(job: JobConfig) -> BuiltEngine:
+def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None] | None = None) -> BuiltEngine:
     """Process groups, the model in its layout, AdamW and the DeepSpeed engine around them.
+
+    ``init_fn(module, topo)``, when given, sets this rank's weights (e.g. from a checkpoint to fine-tune)
+    before the engine and its optimizer partitions are made from them.
 
     The one place an engine is made: the trainer and the checkpoint converter both call it, so a
     converted checkpoint always matches what training loads. Collective: every rank calls it.
@@ -116,6 +119,8 @@ def build_engine(job: JobConfig) -> BuiltEngine:
     specs = layer_specs(job.model, model_parallel_config(job.parallel), job.train.seed)
     loss_fn = GuardedLoss()
     module = build_module(specs, topo, loss_fn, job.train.activation_checkpointing, job.parallel.partition_method)
+    if init_fn is not None:
+        init_fn(module, topo)
     t = job.train
     optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     # The LR is set from the step before every update (Trainer.train_step) rather than by a scheduler
@@ -127,8 +132,14 @@ def build_engine(job: JobConfig) -> BuiltEngine:
 
 
 class Trainer:
-    def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None):
+    def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
+                 init_fn: Callable[[torch.nn.Module, Any], None] | None = None,
+                 loader_factory: Callable[..., Any] | None = None):
+        """``init_fn(module, topo)``: starting weights (see build_engine; a checkpoint to resume wins).
+        ``loader_factory(job, dp_rank, dp_size, split)``: the data (default: build_loader)."""
         self.job = job
+        self.init_fn = init_fn
+        self.loader_factory = loader_factory
         self.run_dir = Path(run_dir)
         self.extra_callbacks = callbacks or []
         self.start_step = 0
@@ -141,13 +152,13 @@ class Trainer:
         job = self.job
         self.tokenizer = resolve_tokenizer(job)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        built = build_engine(job)
+        built = build_engine(job, self.init_fn)
         self.engine, self.topo, self.info, self.loss_fn = built.engine, built.topo, built.info, built.loss_fn
         from bigtrain.data.build import build_loader
 
         t, dp = job.train, self.topo.dp
         self.pipelined = self.topo.pp > 1
-        self.loader = build_loader(job, self.topo.dp_rank, dp, split="train")
+        self.loader = (self.loader_factory or build_loader)(job, self.topo.dp_rank, dp, split="train")
         self.gas = t.global_batch_size // (t.micro_batch_size * dp)
         self.tokens_per_step = t.global_batch_size * job.model.seq_len
         self.checkpoints = CheckpointManager(self.run_dir, job.checkpoint.keep)
@@ -227,7 +238,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         from bigtrain.data.build import build_loader
 
-        loader = build_loader(self.job, self.topo.dp_rank, self.topo.dp, split="heldout")
+        loader = (self.loader_factory or build_loader)(self.job, self.topo.dp_rank, self.topo.dp, split="heldout")
         n = self.job.train.eval_batches
         self.engine.eval()
         if self.pipelined:
@@ -237,7 +248,13 @@ class Trainer:
             losses = [self.engine(x.to(dev), y.to(dev)).float() for x, y in (loader.next_batch() for _ in range(n))]
             loss = self._dp_mean(torch.stack(losses).mean())
         self.engine.train()
-        return {"split": "heldout", "loss": loss, "ppl": math.exp(min(loss, 50.0))}
+        record = {"split": "heldout", "loss": loss, "ppl": math.exp(min(loss, 50.0))}
+        if self.loader_factory is None and self.tokenizer is not None:
+            from bigtrain.eval.heldout import training_eval_bits_per_byte
+
+            # the evaluated windows are global held-out samples [0, n × micro-batch × DP)
+            record.update(training_eval_bits_per_byte(self, loss, n * self.job.train.micro_batch_size * self.topo.dp))
+        return record
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"config": self.job.to_dict(), "loader": self.loader.state_dict(),

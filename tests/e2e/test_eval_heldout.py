@@ -1,0 +1,76 @@
+"""`bigtrain eval`: bits-per-byte of a checkpoint is the same for every TP/PP layout and equals the in-training
+held-out evaluation (itself the same under TP1 PP1 and TP2 PP2); bad inputs are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.helpers import REPO, bigtrain, metrics
+
+MODEL = ["model.n_layers=2", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden=128",
+         "model.vocab_size=512", "model.seq_len=64"]
+TRAIN = ["train.max_steps=2", "train.eval_interval=2", "train.eval_batches=2", "train.micro_batch_size=2",
+         "train.global_batch_size=4", "train.warmup_steps=1", "checkpoint.interval=0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
+             "--output", str(root / "tok"))
+    bigtrain("preprocess", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--tokenizer", str(root / "tok"),
+             "--output", str(root / "ds"), "--num-shards", "2", "--heldout-fraction", "0.1", "--workers", "1")
+    return root
+
+
+def _eval(ckpt, data, out, tokens):
+    bigtrain("eval", "--checkpoint", str(ckpt), "--data", str(data), "--max-tokens", str(tokens), "--output", str(out))
+    return json.loads(out.read_text())
+
+
+def test_bpb_same_for_every_layout(dataset, tmp_path):
+    data = dataset / "ds"
+    runs = {}
+    for name, par, nproc in (("tp1pp1", ["parallel.tp=1", "parallel.pp=1"], 1),
+                             ("tp2pp2", ["parallel.tp=2", "parallel.pp=2"], 4)):
+        run = tmp_path / name
+        bigtrain("train", str(REPO / "configs" / "tiny-cpu.yaml"), "--run-dir", str(run), f"data.path={data}",
+                 *MODEL, *TRAIN, *par, nproc=nproc)
+        (rec,) = metrics(run, split="heldout")
+        runs[name] = (run, rec)
+    a, b = runs["tp1pp1"][1], runs["tp2pp2"][1]
+    assert a["bytes"] == b["bytes"] and a["tokens"] == b["tokens"] == 2 * 2 * 64
+    assert math.isclose(a["bpb"], b["bpb"], rel_tol=1e-4), (a, b)
+    assert math.isclose(a["bpb"], a["loss"] * a["tokens"] / (math.log(2) * a["bytes"]), rel_tol=1e-9)
+
+    # the standalone evaluation of each checkpoint, on the same windows, agrees with its in-training record
+    for name, (run, rec) in runs.items():
+        res = _eval(run, data, tmp_path / f"{name}.json", rec["tokens"])
+        assert res["tokens"] == rec["tokens"] and res["bytes"] == rec["bytes"]
+        assert math.isclose(res["bpb"], rec["bpb"], rel_tol=1e-4), (name, res, rec)
+        runs[name] = (run, res)
+
+    # one fixed checkpoint in another layout (converted TP1 PP1 → TP2 PP2) reads the same, to the last digit
+    conv = tmp_path / "conv"
+    bigtrain("convert", "--input", str(runs["tp1pp1"][0]), "--output", str(conv), "--tp", "2", "--pp", "2")
+    cons = tmp_path / "cons"
+    bigtrain("convert", "--input", str(conv), "--output", str(cons), "--to", "consolidated")
+    full_a = _eval(runs["tp1pp1"][0], data, tmp_path / "a.json", 0)
+    for ck in (conv, cons):
+        res = _eval(ck, data, tmp_path / "c.json", 0)
+        assert math.isclose(res["bpb"], full_a["bpb"], rel_tol=1e-6) and res["bytes"] == full_a["bytes"]
+    print("bpb", {k: v[1]["bpb"] for k, v in runs.items()}, "full heldout", full_a["bpb"])
+
+
+def test_bad_inputs_are_one_line_errors(dataset, tmp_path):
+    cases = [(["--checkpoint", str(tmp_path / "none"), "--data", str(dataset / "ds")], "no such checkpoint"),
+             (["--checkpoint", str(dataset / "tok"), "--data", str(dataset / "ds")], "bigtrain"),
+             (["--checkpoint", str(dataset), "--data", str(dataset / "ds"), "--max-tokens", "-1"], "--max-tokens")]
+    for args, needle in cases:
+        r = bigtrain("eval", *args, check=False)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bigtrain: error:") and needle in lines[0], r.stderr

@@ -1,0 +1,59 @@
+"""lm-eval-harness: the `bigtrain` model over a bigtrain checkpoint and `lm_eval --model hf` over its
+`bigtrain export-hf` export give the same results on the local tasks (multiple choice → loglikelihood,
+generate_until, loglikelihood_rolling)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import REPO, bigtrain, env_for_tests
+
+TASKS = "bigtrain_digits_mc,bigtrain_digits_gen,bigtrain_digits_ppl"
+pytest.importorskip("lm_eval")
+
+
+def _lm_eval(args, out):
+    env = {**env_for_tests(), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([*args, "--tasks", TASKS, "--include_path", "bigtrain/eval/tasks", "--output_path", str(out),
+                        "--batch_size", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (path,) = list(out.rglob("results_*.json"))
+    return json.loads(path.read_text())["results"]
+
+
+def test_bigtrain_model_and_hf_export_agree(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bigtrain.convert.hf import write_hf_tokenizer
+
+    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
+             "--output", str(tmp_path / "tok"))
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "orig"))
+    write_hf_tokenizer(tmp_path / "tok" / "tokenizer.model", tmp_path / "orig", 64)
+    ckpt, export = tmp_path / "ckpt", tmp_path / "export"
+    bigtrain("import-hf", "--input", str(tmp_path / "orig"), "--output", str(ckpt))
+    bigtrain("export-hf", "--input", str(ckpt), "--output", str(export))
+
+    ours = _lm_eval([sys.executable, "-m", "bigtrain.eval.harness", "--model", "bigtrain", "--model_args",
+                     f"checkpoint={ckpt},max_length=64"], tmp_path / "ours")
+    theirs = _lm_eval([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                       f"pretrained={export},dtype=float32,max_length=64", "--device", "cpu"], tmp_path / "theirs")
+    print(json.dumps(ours, indent=1))
+    assert set(ours) == set(theirs) == set(TASKS.split(","))
+    for task, res in ours.items():
+        for metric, value in res.items():
+            if not isinstance(value, (int, float)) or metric == "alias":
+                continue
+            other = theirs[task][metric]
+            assert math.isclose(value, other, rel_tol=1e-5, abs_tol=1e-9), (task, metric, value, other)
