@@ -17,7 +17,8 @@ def test_main_job_script(tmp_path):
     proc = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    for stage in ("1/6 tokenizer", "2/6 preprocess", "3/6 train", "4/6 export", "5/6 generate", "6/6 summary"):
+    for stage in ("1/7 tokenizer", "2/7 preprocess", "3/7 train", "4/7 eval", "5/7 export", "6/7 generate",
+                  "7/7 summary"):
         assert stage in proc.stdout
     rows = metrics(out / "train")
     assert rows[-1]["step"] == 20
@@ -31,6 +32,8 @@ def test_main_job_script(tmp_path):
     assert meta["layout"]["tp"] == 2 and meta["config"]["data"]["path"] == [str(out / "data")]
     assert "held-out       loss" in proc.stdout and "main job done" in proc.stdout
     assert "logits match transformers" in proc.stdout + proc.stderr
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["split"] == "heldout" and ev["tokens"] > 0 and 0 < ev["bpb"] < 8 and ev["ppl"] > 1
     assert (out / "hf" / "config.json").is_file() and (out / "sample.txt").read_text().startswith("The Python")
     # Re-running reuses the tokenizer and the verified shards, and the finished run stays finished.
     again = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env=env, capture_output=True,
