@@ -13,6 +13,7 @@ logs step k; a marker file in the run directory keeps later attempts from failin
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bigtrain.train.callbacks import Callback
 
 FAULT_AT_STEP = "BIGTRAIN_FAULT_AT_STEP"
 FAULT_RANK = "BIGTRAIN_FAULT_RANK"
+FAULT_KIND = "BIGTRAIN_FAULT_KIND"  # "raise" (default) or "kill": SIGKILL, like a host losing the process
 FAULT_MARKER = ".bigtrain-fault-injected"
 
 
@@ -50,6 +52,9 @@ class FaultInjection(Callback):
         if (self.step and "split" not in record and record["step"] == self.step
                 and trainer.info.rank == self.rank and not self.marker.exists()):
             self.marker.write_text(f"rank {self.rank} failed at step {self.step}\n")
+            if os.environ.get(FAULT_KIND) == "kill":
+                print(f"{FAULT_AT_STEP}={self.step}: rank {self.rank} kills itself (SIGKILL)", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
             raise InjectedFault(f"{FAULT_AT_STEP}={self.step}: rank {self.rank} fails on purpose")
 
 
@@ -91,7 +96,7 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
     use_gpu = torch.cuda.is_available()
     # Handed to the workers through the loop config, not a runtime_env (which would clash with the one
     # of a `ray job submit`): DeepSpeed's accelerator must be chosen before import, and the test hook.
-    env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK) and v}
+    env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK, FAULT_KIND) and v}
     env["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
     if not ray.is_initialized():
         ray.init(address=ray_address)

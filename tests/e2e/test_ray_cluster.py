@@ -113,9 +113,10 @@ def test_job_submit_ray_train_restarts_a_failed_worker(head, dataset, tmp_path):
     run = tmp_path / "ray-run"
     status, out = submit(head, "bigtrain", "launch", "ray-train", "configs/tiny-cpu.yaml", "--run-dir", str(run),
                          "--num-workers", "2", "--max-failures", "1", "--ray-address", "auto",
-                         f"data.path={data}", *TRAIN, env_vars={"BIGTRAIN_FAULT_AT_STEP": "7"})
+                         f"data.path={data}", *TRAIN, env_vars={"BIGTRAIN_FAULT_AT_STEP": "7",
+                                                                  "BIGTRAIN_FAULT_KIND": "kill"})
     assert status == "SUCCEEDED", out[-6000:]
-    assert "InjectedFault" in out and "rank 0 fails on purpose" in out  # the first attempt did fail
+    assert "rank 0 kills itself (SIGKILL)" in out  # the first attempt did die
     assert (run / ".bigtrain-fault-injected").exists()
     assert f"resumed from {run}/checkpoints/step_00000005" in out
     assert [r["step"] for r in metrics(run)] == list(range(1, 13))
@@ -123,3 +124,4 @@ def test_job_submit_ray_train_restarts_a_failed_worker(head, dataset, tmp_path):
     ref = tmp_path / "torchrun"
     bigtrain("train", TINY, "--run-dir", str(ref), f"data.path={data}", *TRAIN, nproc=2)
     assert losses(run) == losses(ref)
+    assert [r["samples"] for r in metrics(run)] == [r["samples"] for r in metrics(ref)]
