@@ -1,0 +1,60 @@
+"""`bigtrain plan`: layout validation, the ZeRO paper's model-state formulas, step time and MFU."""
+
+import json
+
+import pytest
+
+from bigtrain.config.job import load_job_config
+from bigtrain.errors import BigtrainError
+from bigtrain.plan.estimate import make_plan, stage_params
+from tests.helpers import REPO, bigtrain
+
+CFG = str(REPO / "configs")
+
+
+@pytest.mark.parametrize("stage,expect", [(0, 16), (1, 4 + 12 / 8), (2, 2 + 14 / 8), (3, 16 / 8)])
+def test_zero_paper_formulas_bf16(stage, expect):
+    # Rajbhandari et al. 2020, Fig. 1: (2 + 2 + K)Ψ, 2Ψ + 2Ψ + KΨ/Nd, 2Ψ + (2 + K)Ψ/Nd, (2 + 2 + K)Ψ/Nd.
+    job = load_job_config(f"{CFG}/1b.yaml", [f"parallel.zero_stage={stage}"])
+    plan = make_plan(job, 1, 8, "H100")
+    s = plan.stages[0]
+    assert s.params == job.model.num_params()
+    assert s.model_state_bytes / s.params == pytest.approx(expect, rel=1e-3)  # ZeRO-3: whole norms
+
+
+def test_tp_pp_split_parameters_exactly():
+    job = load_job_config(f"{CFG}/1b.yaml", ["parallel.tp=2", "parallel.pp=2"])
+    total = sum(stage_params(job, r) for r in range(2)) * 2
+    d = job.model.d_model
+    replicated = job.model.n_layers * 2 * d + d  # norms live whole on every TP rank
+    assert total - replicated == job.model.num_params()
+
+
+def test_step_time_and_mfu():
+    job = load_job_config(f"{CFG}/1b.yaml", [])
+    plan = make_plan(job, 1, 8, "H100", efficiency=0.5)
+    assert plan.mfu == pytest.approx(0.5)
+    assert plan.step_time_s == pytest.approx(plan.flops_per_token * 512 * 2048 / (8 * 989e12 * 0.5))
+    ckpt = make_plan(load_job_config(f"{CFG}/1b.yaml", ["train.activation_checkpointing=true"]), 1, 8, "H100", 0.5)
+    assert ckpt.mfu == pytest.approx(0.5 * 6 / 8)
+    pp = make_plan(load_job_config(f"{CFG}/1b.yaml", ["parallel.pp=2"]), 1, 8, "H100", 0.5)
+    assert pp.bubble == pytest.approx(1 / (pp.gas + 1))
+
+
+def test_layout_errors_are_the_trainers():
+    with pytest.raises(BigtrainError, match="not divisible"):
+        make_plan(load_job_config(f"{CFG}/1b.yaml", []), 1, 3)
+    with pytest.raises(BigtrainError, match="multiple of"):
+        make_plan(load_job_config(f"{CFG}/7b.yaml", []), 1, 2)
+
+
+def test_cli(tmp_path):
+    out = bigtrain("plan", f"{CFG}/1b.yaml", "--nodes", "2", "--gpus-per-node", "8", "--gpu", "H200").stdout
+    assert "16 ranks" in out and "optimizer" in out and "activations" in out and "MFU" in out
+    assert "assumed efficiency 45%" in out and "fits" in out
+    js = json.loads(bigtrain("plan", f"{CFG}/7b.yaml", "parallel.pp=2", "--json").stdout)
+    assert js["dp"] == 1 and len(js["stages"]) == 2 and js["stages"][0]["activation_bytes"] > 0
+    bad = bigtrain("plan", f"{CFG}/1b.yaml", "parallel.pp=2", "parallel.zero_stage=3", check=False)
+    assert bad.returncode == 2 and "zero_stage=3 is not allowed" in bad.stderr
+    assert "DOES NOT FIT" in bigtrain("plan", f"{CFG}/7b.yaml", "parallel.tp=1", "--gpus-per-node", "1",
+                                      "train.global_batch_size=1", "--gpu", "L4").stdout
