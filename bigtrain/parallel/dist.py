@@ -96,6 +96,9 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
     backend = "nccl" if kind == "cuda" else "gloo"
     store = _restart_scoped_store()
+    if store is None and int(os.environ["WORLD_SIZE"]) == 1:
+        # A world of one needs no rendezvous: an in-memory store avoids racing other jobs for a port.
+        store = torch.distributed.HashStore()
     if store is not None and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
                                              world_size=int(os.environ["WORLD_SIZE"]))
