@@ -11,32 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, bigtrain
+from tests.helpers import bigtrain, make_tiny_hf_llama
 
 TEXTS = ["Hello world", "  def foo(x):\n    return x ** 2\n", "ünïcödé 你好 🎉 12345", "a  b\tc\n\nd  ",
          "Return the value of the named attribute of object."]
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok") / "tok"
-    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
-             "--output", str(out))
-    return out
+def tokenizer_dir(corpus_tokenizer_dir):
+    return corpus_tokenizer_dir
 
 
 def make_hf_model(path: Path, tokenizer_dir: Path, tied: bool) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bigtrain.convert.hf import write_hf_tokenizer
-
-    torch.manual_seed(1 if tied else 2)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      rms_norm_eps=1e-5, tie_word_embeddings=tied, initializer_range=0.1)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(str(path))
-    write_hf_tokenizer(tokenizer_dir / "tokenizer.model", path, 64)
+    make_tiny_hf_llama(path, tokenizer_dir, seed=1 if tied else 2, tied=tied, init_range=0.1)
 
 
 def hf_logits(path: Path, tokens: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,8 @@ import json
 import random
 
 import pytest
-import torch
 
-from tests.helpers import REPO, bigtrain, metrics
+from tests.helpers import REPO, bigtrain, make_tiny_hf_llama, metrics
 
 ACCURACY = 0.9
 
@@ -20,20 +19,9 @@ def _example(rng):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bigtrain.convert.hf import write_hf_tokenizer
-
+def setup(tmp_path_factory, corpus_tokenizer_dir):
     root = tmp_path_factory.mktemp("sft")
-    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
-             "--output", str(root / "tok"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False, initializer_range=0.02)
-    LlamaForCausalLM(cfg).save_pretrained(str(root / "hf"))
-    write_hf_tokenizer(root / "tok" / "tokenizer.model", root / "hf", 64)
+    make_tiny_hf_llama(root / "hf", corpus_tokenizer_dir, seed=0, init_range=0.02)
     rng = random.Random(0)
     for name, n in (("train", 2000), ("eval", 16), ("test", 50)):
         with open(root / f"{name}.jsonl", "w") as f:

@@ -10,9 +10,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from tests.helpers import REPO, bigtrain, env_for_tests
+from tests.helpers import REPO, bigtrain, env_for_tests, make_tiny_hf_llama
 
 TASKS = "bigtrain_digits_mc,bigtrain_digits_gen,bigtrain_digits_ppl"
 pytest.importorskip("lm_eval")
@@ -27,19 +26,8 @@ def _lm_eval(args, out):
     return json.loads(path.read_text())["results"]
 
 
-def test_bigtrain_model_and_hf_export_agree(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bigtrain.convert.hf import write_hf_tokenizer
-
-    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
-             "--output", str(tmp_path / "tok"))
-    torch.manual_seed(3)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "orig"))
-    write_hf_tokenizer(tmp_path / "tok" / "tokenizer.model", tmp_path / "orig", 64)
+def test_bigtrain_model_and_hf_export_agree(tmp_path, corpus_tokenizer_dir):
+    make_tiny_hf_llama(tmp_path / "orig", corpus_tokenizer_dir, seed=3, init_range=0.2)
     ckpt, export = tmp_path / "ckpt", tmp_path / "export"
     bigtrain("import-hf", "--input", str(tmp_path / "orig"), "--output", str(ckpt))
     bigtrain("export-hf", "--input", str(ckpt), "--output", str(export))

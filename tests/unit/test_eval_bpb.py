@@ -9,18 +9,13 @@ import pytest
 import torch
 
 from bigtrain.eval.heldout import ByteCounter, evaluate_windows
-from tests.helpers import REPO
 
 TEXTS = ["Hello world", "  def foo(x):\n    return x ** 2\n", "ünïcödé 你好 🎉 12345", "a  b\tc\n\nd  ", " x", "é"]
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from bigtrain.tokenizer import load_tokenizer, train_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "tok"
-    train_tokenizer([str(REPO / "data" / "python-docs.jsonl.gz")], 512, str(out), verbose=False)
-    return load_tokenizer(out)
+def tok(corpus_tokenizer):
+    return corpus_tokenizer
 
 
 def test_token_bytes_sum_to_the_text_bytes(tok):

@@ -10,16 +10,11 @@ import torch
 from bigtrain.errors import BigtrainError
 from bigtrain.finetune.config import SFTConfig
 from bigtrain.finetune.data import IGNORE, SFTLoader, encode_all, encode_example, encode_prompt, read_jsonl
-from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from bigtrain.tokenizer import load_tokenizer, train_tokenizer
-
-    out = tmp_path_factory.mktemp("tok") / "tok"
-    train_tokenizer([str(REPO / "data" / "python-docs.jsonl.gz")], 512, str(out), verbose=False)
-    return load_tokenizer(out)
+def tok(corpus_tokenizer):
+    return corpus_tokenizer
 
 
 def test_prompt_tokens_carry_no_loss(tok):
