@@ -128,7 +128,15 @@ def test_sigterm_saves_requeues_and_resumes(slurm, completed_job, tmp_path):
     saved = re.search(r"received signal 15: saving at step (\d+)", log)
     assert saved and int(saved.group(1)) < 100, log[-4000:]
     assert "requeueing job" in log
-    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start now.
+    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start now, but only once the node has
+    # finished cleaning up the first attempt (a job started on a node still COMPLETING can fail at launch).
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=slurm,
+                               timeout=30).stdout.split()
+        if state and all(s.startswith("idle") for s in state):
+            break
+        time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm, timeout=30)
     fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
     log = (tmp_path / f"job-{job}.out").read_text()
