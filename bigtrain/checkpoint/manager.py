@@ -46,17 +46,18 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under RUN, oldest first."""
+def step_dirs(run_dir: str | Path) -> list[Path]:
+    """Every ``checkpoints/step_*`` directory under RUN, complete or not, oldest first."""
     root = checkpoints_root(run_dir)
     if not root.is_dir():
         return []
-    found = []
-    for d in root.iterdir():
-        m = _TAG.match(d.name)
-        if m and d.is_dir() and (d / META_FILE).is_file():
-            found.append((int(m.group(1)), d))
+    found = [(int(m.group(1)), d) for d in root.iterdir() if (m := _TAG.match(d.name)) and d.is_dir()]
     return [d for _, d in sorted(found)]
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under RUN (those with a bigtrain.json), oldest first."""
+    return [d for d in step_dirs(run_dir) if (d / META_FILE).is_file()]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -92,14 +93,7 @@ def verify_checkpoint(ckpt_dir: Path) -> str | None:
 
 def latest_verified_checkpoint(run_dir: str | Path, log=print) -> Path | None:
     """Newest checkpoint under RUN that verifies; each newer one passed over is logged with its reason."""
-    root = checkpoints_root(run_dir)
-    candidates = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = _TAG.match(d.name)
-            if m and d.is_dir():
-                candidates.append((int(m.group(1)), d))
-    for _, d in sorted(candidates, reverse=True):
+    for d in reversed(step_dirs(run_dir)):
         reason = verify_checkpoint(d)
         if reason is None:
             return d
@@ -154,8 +148,8 @@ class CheckpointManager:
         for old in complete[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         newest = complete[-1].name if complete else ""
-        for d in self.root.glob("step_*"):  # leftovers of saves that were interrupted
-            if d.is_dir() and d.name < newest and not (d / META_FILE).exists():
+        for d in step_dirs(self.run_dir):  # leftovers of saves that were interrupted
+            if d.name < newest and not (d / META_FILE).exists():
                 shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from bigtrain.checkpoint.manager import META_FILE, TOKENIZER_SUBDIR, read_meta, resolve_checkpoint
+from bigtrain.checkpoint.manager import META_FILE, TOKENIZER_SUBDIR, checksum_files, read_meta, resolve_checkpoint
 from bigtrain.convert import layout as L
 from bigtrain.errors import BigtrainError
 from bigtrain.io import atomic_write_json
@@ -248,12 +248,7 @@ def meta_for_layout(meta: dict[str, Any], tp: int, pp: int, dp: int, zero_stage:
 
 def write_meta(ckpt_dir: Path, meta: dict[str, Any]) -> None:
     """bigtrain.json last, listing every other file's size and sha256 (as the checkpoint manager does)."""
-    from bigtrain.checkpoint import manager
-
-    meta = dict(meta)
-    if hasattr(manager, "checksum_files"):
-        meta["files"] = manager.checksum_files(ckpt_dir)
-    atomic_write_json(ckpt_dir / META_FILE, meta)
+    atomic_write_json(ckpt_dir / META_FILE, {**meta, "files": checksum_files(ckpt_dir)})
 
 
 def write_consolidated(out_dir: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any],
