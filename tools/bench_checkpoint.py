@@ -2,9 +2,9 @@
 
     DS_ACCELERATOR=cpu python tools/bench_checkpoint.py [--dir /tmp] [--params-m 60] [--repeat 2]
 
-The engine comes from ``build_engine`` (fp32, ZeRO-1: parameters + fp32 master copy + Adam moments,
-16 bytes per parameter on disk) and is saved with ``CheckpointManager.save`` (DeepSpeed's files, then
-bigtrain.json with every file's sha256) and loaded the way a resume does it (``verify_checkpoint``,
+The engine comes from ``build_engine`` (fp32, one process, so ZeRO stage 0: parameters + Adam moments,
+12 bytes per parameter on disk) and is saved with ``CheckpointManager.save`` (DeepSpeed's files through
+bigtrain's checkpoint engine, which hashes and syncs them as it writes, then bigtrain.json) and loaded the way a resume does it (``verify_checkpoint``,
 then ``CheckpointManager.load``). Durable save time includes ``os.sync()`` so it compares with
 ``dd conv=fdatasync``, the disk's sustained write bandwidth. Load reads what the save just wrote, so
 it comes mostly from the page cache (dropping caches needs privileges this benchmark does not ask
@@ -71,7 +71,7 @@ def main() -> None:
     job = load_job_config(str(REPO / "configs" / "tiny-cpu.yaml"),
                           [f"model.n_layers={layers}", "model.d_model=512", "model.n_heads=8", "model.n_kv_heads=8",
                            "model.ffn_hidden=1536", "model.vocab_size=32000", "model.seq_len=32",
-                           "train.micro_batch_size=1", "train.global_batch_size=1", "parallel.zero_stage=1"])
+                           "train.micro_batch_size=1", "train.global_batch_size=1", "parallel.zero_stage=0"])
     built = build_engine(job)
     engine = built.engine
     # One step so the optimizer state (Adam moments) exists and is saved.
@@ -114,15 +114,15 @@ def main() -> None:
     ddfile.unlink()
     best = {k: min(r[k] for r in rows) for k in ("engine", "save", "durable", "verify", "load")}
     gb = rows[-1]["bytes"] / 1e9
-    print(f"model {job.model.num_params() / 1e6:.1f}M parameters, fp32 ZeRO-1: checkpoint {gb:.2f} GB; "
+    print(f"model {job.model.num_params() / 1e6:.1f}M parameters, fp32 ZeRO-{engine.zero_optimization_stage()}: checkpoint {gb:.2f} GB; "
           f"best of {args.repeat}")
     print(f"{'operation':<52} {'seconds':>8} {'GB/s':>7} {'× dd write':>10}")
     table = [
         ("dd write, conv=fdatasync (the disk)", mb * 2**20 / 1e9 / dd_w, dd_w),
         ("dd read (page cache)", mb * 2**20 / 1e9 / dd_r, dd_r),
-        ("DeepSpeed save_checkpoint alone (page cache)", best["engine"], gb / best["engine"]),
-        ("bigtrain save (DeepSpeed + sha256 + bigtrain.json)", best["save"], gb / best["save"]),
-        ("bigtrain save, durable (+ os.sync)", best["durable"], gb / best["durable"]),
+        ("engine.save_checkpoint alone (hashed, fsync-ed)", best["engine"], gb / best["engine"]),
+        ("bigtrain save (engine + bigtrain.json)", best["save"], gb / best["save"]),
+        ("bigtrain save, then os.sync", best["durable"], gb / best["durable"]),
         ("verify (sha256 of every file, as resume does)", best["verify"], gb / best["verify"]),
         ("load (CheckpointManager.load)", best["load"], gb / best["load"]),
         ("verify + load (a resume)", best["verify"] + best["load"], gb / (best["verify"] + best["load"])),

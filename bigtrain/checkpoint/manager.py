@@ -66,9 +66,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def checksum_files(ckpt_dir: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(ckpt_dir)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(ckpt_dir.rglob("*")) if p.is_file() and p.name != META_FILE}
+def checksum_files(ckpt_dir: Path, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file but bigtrain.json; ``known`` (relative path → the same) holds what
+    was hashed as it was written, and is trusted when the size still matches."""
+    known = known or {}
+    out = {}
+    for p in sorted(ckpt_dir.rglob("*")):
+        if not p.is_file() or p.name == META_FILE:
+            continue
+        rel, size = str(p.relative_to(ckpt_dir)), p.stat().st_size
+        entry = known.get(rel)
+        out[rel] = entry if entry and entry["bytes"] == size else {"bytes": size, "sha256": sha256_file(p)}
+    return out
 
 
 def verify_checkpoint(ckpt_dir: Path) -> str | None:
@@ -127,17 +136,26 @@ class CheckpointManager:
             shutil.rmtree(ckpt_dir)  # an interrupted earlier save of this step
         dist.barrier()
         t0 = time.time()
+        written = getattr(engine.checkpoint_engine, "written", None)
+        if written is not None:
+            written.clear()
         # DeepSpeed's own `latest` would point at the tag before bigtrain.json exists; ours moves last.
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False)
-        dist.barrier()
+        # Each rank hashed its own files as it wrote them (checkpoint/torch_engine.py).
+        here = ckpt_dir.resolve()
+        mine = {str(Path(f).resolve().relative_to(here)): info for f, info in (written or {}).items()
+                if Path(f).resolve().is_relative_to(here)}
+        hashed: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(hashed, mine)
         if rank == 0:
             if tokenizer_dir is not None:
                 src = Path(tokenizer_dir)
                 src = src if src.is_dir() else src.parent
                 shutil.copytree(src, ckpt_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+            known = {k: v for d in hashed for k, v in d.items()}
             atomic_write_json(ckpt_dir / META_FILE, {**meta, "step": step, "bigtrain_version": __version__,
                                                      "saved_at": time.time(), "save_seconds": time.time() - t0,
-                                                     "files": checksum_files(ckpt_dir)})
+                                                     "files": checksum_files(ckpt_dir, known)})
             atomic_write_text(self.root / "latest", tag)
             self._prune()
         dist.barrier()

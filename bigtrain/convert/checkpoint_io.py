@@ -67,8 +67,17 @@ def layout_of(meta: dict[str, Any]) -> dict[str, Any]:
     lay.setdefault("tp", par.get("tp", 1))
     lay.setdefault("pp", par.get("pp", 1))
     lay.setdefault("dp", 1)
-    lay.setdefault("zero_stage", par.get("zero_stage", 1))
+    if "zero_stage" not in lay:
+        lay["zero_stage"] = stage_ran(meta, par.get("zero_stage", 1), int(lay["dp"]))
     return lay
+
+
+def stage_ran(meta: dict[str, Any], zero_stage: int, dp: int) -> int:
+    """The ZeRO stage a run of ``meta``'s precision with ``zero_stage`` configured runs at ``dp``."""
+    from bigtrain.parallel.config import ParallelConfig
+
+    precision = meta.get("config", {}).get("train", {}).get("precision", "fp32")
+    return ParallelConfig(zero_stage=zero_stage).zero_stage_at(dp, precision)
 
 
 def needs_engine(meta: dict[str, Any]) -> bool:
@@ -236,7 +245,8 @@ def meta_for_layout(meta: dict[str, Any], tp: int, pp: int, dp: int, zero_stage:
     par["tp"], par["pp"] = tp, pp
     if zero_stage is not None:
         par["zero_stage"] = zero_stage
-    new["layout"] = {"tp": tp, "pp": pp, "dp": dp, "zero_stage": zero_stage}
+    ran = None if zero_stage is None else stage_ran(meta, zero_stage, dp)
+    new["layout"] = {"tp": tp, "pp": pp, "dp": dp, "zero_stage": ran}
     new["converted_from"] = layout_of(meta)
     if fmt:
         new["format"] = fmt

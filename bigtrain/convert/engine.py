@@ -41,6 +41,8 @@ def _run_world(nproc: int, args: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "bigtrain.convert.engine", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if os.environ.get("BIGTRAIN_DEBUG_CONVERT"):
+        sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if "bigtrain: error:" in ln]
         if lines:
@@ -146,7 +148,9 @@ def _link_optimizer_state(engine, create_step: float | None = None) -> None:
 
 
 def _has_hp(p) -> bool:
-    return hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None
+    # Under ZeRO-1/2 at DP > 1 a parameter outside this rank's partition has ``_hp_mapping = None``; it still
+    # takes the hp path, whose get is a collective over DP (every rank must call it) and whose set is a no-op.
+    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
 
 
 def _worker_dump(ckpt: Path, out: Path, with_optimizer: bool) -> None:

@@ -324,7 +324,7 @@ def import_hf(input: str | Path, output: str | Path, tp: int = 1, pp: int = 1, d
             write_consolidated(tmp, weights, meta)
             write_meta(tmp, meta)
         else:
-            meta["layout"] = {"tp": tp, "pp": pp, "dp": dp, "zero_stage": zero}
+            meta["layout"] = {"tp": tp, "pp": pp, "dp": dp, "zero_stage": job.parallel.zero_stage_at(dp, job.train.precision)}
             with tempfile.TemporaryDirectory(prefix="bigtrain-import-", dir=tmp.parent) as stage:
                 write_native(tmp, weights, None, job.to_dict(), dp, Path(stage))
             write_meta(tmp, meta)

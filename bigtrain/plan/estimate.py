@@ -160,7 +160,7 @@ def model_state(job: JobConfig, tensors: list[int], dp: int) -> tuple[int, int, 
     p, t = job.parallel, job.train
     n = sum(tensors)
     width = 2 if t.precision == "bf16" else 4
-    stage = p.zero_stage
+    stage = p.zero_stage_at(dp, t.precision)
     if p.pp > 1 and t.precision == "bf16" and stage == 0:
         stage = 1  # DeepSpeed's BF16 optimizer partitions the master copy and moments over DP
     k = 8 if (t.precision == "fp32" and stage == 0) else 12
@@ -182,7 +182,7 @@ def make_plan(job: JobConfig, nodes: int = 1, gpus_per_node: int = 8, gpu: str =
     p, t, m = job.parallel, job.train, job.model
     gas = t.global_batch_size // (t.micro_batch_size * dp)
     plan = Plan(world_size=world, nodes=nodes, gpus_per_node=gpus_per_node, tp=p.tp, pp=p.pp, dp=dp,
-                zero_stage=p.zero_stage, precision=t.precision, gas=gas, gpu=gpu,
+                zero_stage=p.zero_stage_at(dp, t.precision), precision=t.precision, gas=gas, gpu=gpu,
                 gpu_memory=_lookup(GPU_MEMORY, gpu), total_params=m.num_params(),
                 tokens_per_step=t.global_batch_size * m.seq_len, flops_per_token=flops_per_token(m),
                 peak_flops=peak_flops(gpu) or _lookup(PEAK_BF16_FLOPS, gpu), efficiency=efficiency)
@@ -205,6 +205,9 @@ def make_plan(job: JobConfig, nodes: int = 1, gpus_per_node: int = 8, gpu: str =
     else:
         plan.notes.append(f"no bf16 peak FLOP/s known for --gpu {gpu!r} (known: {', '.join(PEAK_BF16_FLOPS)}): "
                           "no step time or MFU")
+    if plan.zero_stage != p.zero_stage:
+        plan.notes.append(f"parallel.zero_stage={p.zero_stage} runs as ZeRO-{plan.zero_stage}: data-parallel size 1 "
+                          "has nothing to partition")
     if t.precision == "fp32":
         plan.notes.append("precision fp32: the peak used is the bf16 tensor-core peak, so the MFU shown is "
                           "what bf16 would need; fp32 runs far slower on GPUs")

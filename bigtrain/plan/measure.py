@@ -133,7 +133,7 @@ def train_and_measure(engine, loss_fn, steps: int, micro_batch: int, seq_len: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bigtrain.plan.measure CONFIG [key=value ...] --out FILE [--bucket-elems N]``, once per
+    """``python -m bigtrain.plan.measure CONFIG [key=value ...] --out FILE``, once per
     rank under torchrun: builds the engine exactly as training does (``build_engine``), measures, and
     rank 0 writes every rank's numbers to FILE as JSON."""
     import argparse
@@ -146,8 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--bucket-elems", type=int, default=0,
-                    help="set DeepSpeed's reduce/allgather/prefetch bucket sizes (elements); 0: leave the trainer's config")
     args = ap.parse_args(argv)
 
     import torch.distributed as dist
@@ -155,17 +153,6 @@ def main(argv: list[str] | None = None) -> None:
     from bigtrain.config.job import load_job_config
     from bigtrain.train import trainer
 
-    if args.bucket_elems:
-        base = trainer.deepspeed_config
-
-        def with_buckets(job, dp):
-            cfg = base(job, dp)
-            n = args.bucket_elems
-            cfg["zero_optimization"].update(reduce_bucket_size=n, allgather_bucket_size=n,
-                                            stage3_prefetch_bucket_size=n, stage3_max_live_parameters=n)
-            return cfg
-
-        trainer.deepspeed_config = with_buckets
     job = load_job_config(args.config, args.overrides)
     built = trainer.build_engine(job)
     t, dp = job.train, built.topo.dp

@@ -31,12 +31,16 @@ from bigtrain.train.schedule import lr_factor
 
 def deepspeed_config(job: JobConfig, dp: int) -> dict[str, Any]:
     t, p = job.train, job.parallel
+    zero: dict[str, Any] = {"stage": p.zero_stage_at(dp, t.precision)}
+    if p.bucket_elements:
+        n = p.bucket_elements
+        zero.update(reduce_bucket_size=n, allgather_bucket_size=n, stage3_prefetch_bucket_size=n)
     return {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
         "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": p.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": t.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -108,7 +112,7 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
-    from bigtrain.checkpoint.safe_load import use_safe_loading
+    from bigtrain.checkpoint import torch_engine
     from bigtrain.model.llama import layer_specs
     from bigtrain.parallel.pipeline import build_module
     from bigtrain.parallel.topology import MegatronMPU, model_parallel_config, setup_parallel
@@ -127,7 +131,7 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
     # object, so skipped steps and resumed runs follow the same schedule under every ZeRO stage.
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(job, dp),
                                            mpu=None if topo.pp > 1 else MegatronMPU(), dist_init_required=False)
-    use_safe_loading(engine)
+    torch_engine.install(engine)
     return BuiltEngine(engine, topo, info, loss_fn)
 
 
@@ -162,6 +166,10 @@ class Trainer:
         self.gas = t.global_batch_size // (t.micro_batch_size * dp)
         self.tokens_per_step = t.global_batch_size * job.model.seq_len
         self.checkpoints = CheckpointManager(self.run_dir, job.checkpoint.keep)
+        ran = job.parallel.zero_stage_at(dp, t.precision)
+        if self.info.rank == 0 and ran != job.parallel.zero_stage:
+            print(f"parallel.zero_stage={job.parallel.zero_stage} runs as ZeRO stage {ran}: data-parallel "
+                  "size 1 has nothing to partition", flush=True)
         self._resume()
         self.callbacks: list[Callback] = []
         if self.info.rank == 0:
@@ -185,17 +193,31 @@ class Trainer:
         if meta["config"].get("model") != self.job.model.to_dict():
             raise BigtrainError(f"{ckpt}: the checkpoint's model config differs from this run's; "
                                 "use a new --run-dir or the checkpoint's config")
-        saved_layout = meta.get("layout", {})
-        here = {"tp": self.topo.tp, "pp": self.topo.pp}
-        if {k: saved_layout.get(k) for k in here} != here:
-            raise BigtrainError(f"{ckpt}: saved with layout tp={saved_layout.get('tp')} pp={saved_layout.get('pp')}, "
-                                f"this run is tp={self.topo.tp} pp={self.topo.pp}: convert it with bigtrain convert")
+        self._check_layout(ckpt, meta.get("layout") or {})
         CheckpointManager.load(self.engine, ckpt)
         self.loader.load_state_dict(meta["loader"])
         self.start_step = self.step = int(meta["step"])
         self.skipped_steps = int(meta.get("skipped_steps", 0))
         if self.info.rank == 0:
             print(f"resumed from {ckpt} at step {self.step}", flush=True)
+
+    def _check_layout(self, ckpt: Path, saved: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint whose files this engine cannot load; DeepSpeed would fail deep
+        inside, or (ZeRO files missing) silently start the optimizer afresh."""
+        here = self.layout()
+        keys = ["tp", "pp", "zero_stage"]
+        # Unpartitioned fp32 optimizer state loads at any DP; ZeRO and the bf16 optimizer partition over DP.
+        if here["zero_stage"] > 0 or self.job.train.precision == "bf16" or saved.get("zero_stage"):
+            keys.append("dp")
+        if all(saved.get(k, here[k]) == here[k] for k in keys):
+            return
+
+        def show(lay: dict[str, Any]) -> str:
+            return " ".join(f"{k}={lay.get(k)}" for k in keys)
+
+        raise BigtrainError(f"{ckpt}: saved with layout {show(saved)}, this run is {show(here)}: convert it with "
+                            f"bigtrain convert --tp {here['tp']} --pp {here['pp']} --dp {here['dp']} "
+                            f"--zero-stage {self.job.parallel.zero_stage}")
 
     # ------------------------------------------------------------------------------------------ steps
     def _dp_mean(self, value: torch.Tensor) -> float:
@@ -262,8 +284,12 @@ class Trainer:
                 "consumed_samples": self.step * self.job.train.global_batch_size,
                 "tokenizer": TOKENIZER_SUBDIR if self.tokenizer else None,
                 "skipped_steps": self.skipped_steps,
-                "layout": {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
-                           "zero_stage": self.job.parallel.zero_stage}}
+                "layout": self.layout()}
+
+    def layout(self) -> dict[str, int]:
+        """What a checkpoint's files depend on: the stage DeepSpeed ran, not the one configured."""
+        return {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
+                "zero_stage": self.job.parallel.zero_stage_at(self.topo.dp, self.job.train.precision)}
 
     def save(self) -> Path:
         ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),

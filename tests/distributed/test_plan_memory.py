@@ -1,6 +1,6 @@
 """`bigtrain plan`'s per-rank model-state memory matches the tensor bytes DeepSpeed really holds.
 
-Three layouts on 2 CPU processes; each rank's parameters, gradients and optimizer state are measured
+Three layouts on 2 or 4 CPU processes; each rank's parameters, gradients and optimizer state are measured
 (live tensors, deduplicated by storage) in the middle of gradient accumulation, when all three are
 live, and compared with the plan's prediction for that rank's pipeline stage.
 """
@@ -15,25 +15,27 @@ from tests.helpers import REPO, TINY, bigtrain, env_for_tests
 
 # ~5M parameters: large enough that the 2 × 1M-element buckets below do not blur the comparison.
 MODEL = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden=768",
-         "model.vocab_size=4096", "model.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=8"]
+         "model.vocab_size=4096", "model.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=8",
+         "parallel.bucket_elements=1000000"]
 
-LAYOUTS = {
-    "dp2-zero1": ["parallel.zero_stage=1"],
-    "dp2-zero3-bf16": ["parallel.zero_stage=3", "train.precision=bf16"],
-    "tp2-zero2": ["parallel.tp=2", "parallel.zero_stage=2"],
+LAYOUTS = {  # name: (processes, overrides)
+    "dp2-zero1": (2, ["parallel.zero_stage=1"]),
+    "dp2-zero3-bf16": (2, ["parallel.zero_stage=3", "train.precision=bf16"]),
+    "tp2-dp2-zero2": (4, ["parallel.tp=2", "parallel.zero_stage=2"]),
 }
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_plan_memory_matches_measured(tmp_path, name):
-    overrides = MODEL + LAYOUTS[name]
+    nproc, layout = LAYOUTS[name]
+    overrides = MODEL + layout
     out = tmp_path / "measured.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "bigtrain.plan.measure", TINY, *overrides, "--out", str(out), "--bucket-elems", "1000000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "bigtrain.plan.measure", TINY, *overrides, "--out", str(out)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env_for_tests(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     measured = json.loads(out.read_text())["ranks"]
-    plan = json.loads(bigtrain("plan", TINY, *overrides, "--nodes", "1", "--gpus-per-node", "2", "--json").stdout)
+    plan = json.loads(bigtrain("plan", TINY, *overrides, "--nodes", "1", "--gpus-per-node", str(nproc), "--json").stdout)
     stages = {s["pp_rank"]: s for s in plan["stages"]}
     for rank in measured:
         want = stages[rank["pp_rank"]]

@@ -1,4 +1,4 @@
-"""A TP2 PP2 run converted at step 8 to TP1 PP1 (and the reverse) continues like the unconverted run.
+"""A run converted at step 8 to another TP, PP or DP layout continues like the unconverted run.
 
 ``bigtrain convert`` carries fp32 weights, Adam moments and the Adam step through DeepSpeed's own engine (see
 bigtrain/convert/engine.py), so in fp32 on CPU the continuation matches to float rounding (observed: identical
@@ -14,11 +14,14 @@ from tests.helpers import TINY, bigtrain, losses, metrics
 COMMON = ["train.max_steps=16", "train.log_interval=1", "checkpoint.interval=8", "checkpoint.keep=2",
           "model.n_layers=2"]
 LAYOUTS = {"tp2pp2": (4, ["parallel.tp=2", "parallel.pp=2"], ["--tp", "2", "--pp", "2"]),
-           "tp1pp1": (1, [], ["--tp", "1", "--pp", "1"])}
+           "tp1pp1": (1, [], ["--tp", "1", "--pp", "1"]),
+           # one process ran ZeRO stage 0 (nothing to partition); two run the configured stage 1
+           "dp2": (2, [], ["--tp", "1", "--pp", "1", "--dp", "2"])}
 TOLERANCE = 1e-4  # absolute, per logged loss
 
 
-@pytest.mark.parametrize("src,dst", [("tp2pp2", "tp1pp1"), ("tp1pp1", "tp2pp2")])
+@pytest.mark.parametrize("src,dst", [("tp2pp2", "tp1pp1"), ("tp1pp1", "tp2pp2"), ("tp1pp1", "dp2"),
+                                     ("dp2", "tp1pp1")])
 def test_converted_run_continues_like_the_original(tmp_path, src, dst):
     src_n, src_over, _ = LAYOUTS[src]
     dst_n, dst_over, dst_flags = LAYOUTS[dst]

@@ -23,7 +23,8 @@ def clean(tmp_path_factory):
     return metrics(run)
 
 
-LAYOUTS = {"zero0": (1, ["parallel.zero_stage=0"]), "zero1": (1, ["parallel.zero_stage=1"]),
+# One process runs ZeRO stage 0 whatever is configured (ParallelConfig.zero_stage_at): stages 1 and 3 need DP=2.
+LAYOUTS = {"zero0": (1, ["parallel.zero_stage=0"]), "zero1-dp2": (2, ["parallel.zero_stage=1"]),
            "zero3-dp2": (2, ["parallel.zero_stage=3"]), "pp2": (2, ["parallel.pp=2"])}
 
 
@@ -47,7 +48,7 @@ def test_nan_step_is_skipped_and_counted(clean, injected, name):
     assert [r["loss"] for r in rows[:3]] == pytest.approx([r["loss"] for r in clean[:3]], rel=1e-5)
     assert all(math.isfinite(r["loss"]) for r in rows[4:])
     assert rows[4]["loss"] != pytest.approx(clean[4]["loss"], rel=1e-6)
-    ref = injected["zero1"]
+    ref = injected["zero1-dp2"]
     assert [r["loss"] for r in rows[4:]] == pytest.approx([r["loss"] for r in ref[4:]], rel=1e-4)
 
 

@@ -58,3 +58,31 @@ def test_cli(tmp_path):
     assert bad.returncode == 2 and "zero_stage=3 is not allowed" in bad.stderr
     assert "DOES NOT FIT" in bigtrain("plan", f"{CFG}/7b.yaml", "parallel.tp=1", "--gpus-per-node", "1",
                                       "train.global_batch_size=1", "--gpu", "L4").stdout
+
+
+@pytest.mark.parametrize("precision,configured,ran", [("fp32", 1, 0), ("fp32", 3, 0), ("bf16", 3, 1), ("bf16", 0, 0)])
+def test_one_replica_runs_the_stage_that_partitions_nothing(precision, configured, ran):
+    from bigtrain.train.trainer import deepspeed_config
+
+    job = load_job_config(f"{CFG}/tiny-cpu.yaml", [f"parallel.zero_stage={configured}", f"train.precision={precision}"])
+    assert deepspeed_config(job, 1)["zero_optimization"]["stage"] == ran
+    assert deepspeed_config(job, 2)["zero_optimization"]["stage"] == configured
+    plan = make_plan(job, 1, 1, "H100")
+    assert plan.zero_stage == ran
+    assert any(f"runs as ZeRO-{ran}" in n for n in plan.notes) == (ran != configured)
+    if precision == "fp32":  # no second fp32 copy: parameters, gradients and the two Adam moments
+        s = plan.stages[0]
+        assert s.model_state_bytes == 16 * s.params
+
+
+def test_bucket_elements_sets_deepspeeds_buckets():
+    from bigtrain.train.trainer import deepspeed_config
+
+    job = load_job_config(f"{CFG}/tiny-cpu.yaml", [])
+    assert set(deepspeed_config(job, 2)["zero_optimization"]) == {"stage"}  # DeepSpeed's defaults
+    zero = deepspeed_config(load_job_config(f"{CFG}/tiny-cpu.yaml", ["parallel.bucket_elements=1000"]), 2)[
+        "zero_optimization"]
+    assert zero == {"stage": 1, "reduce_bucket_size": 1000, "allgather_bucket_size": 1000,
+                    "stage3_prefetch_bucket_size": 1000}
+    with pytest.raises(BigtrainError, match=r"parallel.bucket_elements=-1 must be 0"):
+        load_job_config(f"{CFG}/tiny-cpu.yaml", ["parallel.bucket_elements=-1"])
