@@ -25,8 +25,13 @@ from bigtrain.config.job import JobConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
 from bigtrain.train.flops import flops_per_token, peak_flops
-from bigtrain.train.guard import GuardedLoss, SkippingAdamW
+from bigtrain.train.guard import GradNormClip, GuardedLoss, SkippingAdamW
 from bigtrain.train.schedule import lr_factor
+
+
+def unpartitioned_fp32(job: JobConfig, dp: int) -> bool:
+    """True when DeepSpeed gives the optimizer the model's own fp32 gradients (no ZeRO, no mixed precision)."""
+    return job.train.precision == "fp32" and job.parallel.zero_stage_at(dp, "fp32") == 0
 
 
 def deepspeed_config(job: JobConfig, dp: int) -> dict[str, Any]:
@@ -39,7 +44,9 @@ def deepspeed_config(job: JobConfig, dp: int) -> dict[str, Any]:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
-        "gradient_clipping": t.grad_clip,
+        # On the fp32 ZeRO-0 path bigtrain clips (SkippingAdamW.clip): DeepSpeed's clip there leaves the
+        # norm unreported and counts only the first pipeline stage's untied, replicated parameters.
+        "gradient_clipping": 0.0 if unpartitioned_fp32(job, dp) else t.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": t.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
@@ -127,6 +134,10 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
         init_fn(module, topo)
     t = job.train
     optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    if unpartitioned_fp32(job, dp):
+        from megatron.core import parallel_state
+
+        optimizer.clip = GradNormClip(t.grad_clip, parallel_state.get_model_parallel_group(), topo.tp_rank)
     # The LR is set from the step before every update (Trainer.train_step) rather than by a scheduler
     # object, so skipped steps and resumed runs follow the same schedule under every ZeRO stage.
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(job, dp),

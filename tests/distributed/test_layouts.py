@@ -44,3 +44,4 @@ def test_layout_matches_single_process(tmp_path, baseline, name):
         assert math.isclose(r["loss"], ref["loss"], rel_tol=RTOL), (name, r["step"], r["loss"], ref["loss"])
         assert math.isclose(r["grad_norm"], ref["grad_norm"], rel_tol=RTOL), (name, r["step"])
         assert r["lr"] == pytest.approx(ref["lr"], rel=1e-12)
+

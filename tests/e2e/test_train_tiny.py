@@ -40,6 +40,10 @@ def test_tied_embeddings_pipeline_matches_single(tmp_path):
     bigtrain("train", TINY, "--run-dir", str(tmp_path / "b"), *SHORT, "model.tie_embeddings=true",
              "parallel.pp=2", nproc=2)
     assert np.allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-4, atol=0)
+    # The tied weight lives on both stages: its gradient counts once in the norm (DeepSpeed's own fp32
+    # ZeRO-0 clip counted only the first stage's weights; bigtrain's GradNormClip replaces it).
+    norms = [[r["grad_norm"] for r in metrics(tmp_path / run)] for run in "ab"]
+    assert None not in norms[0] and np.allclose(norms[0], norms[1], rtol=1e-4, atol=0)
 
 
 def test_activation_checkpointing_and_bf16(tmp_path):
