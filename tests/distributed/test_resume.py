@@ -65,8 +65,8 @@ def test_resume_refuses_other_layout(tmp_path):
     assert proc.returncode != 0
     assert ("saved with layout tp=1 pp=1 zero_stage=0, this run is tp=2 pp=1 zero_stage=0: convert it with "
             "bigtrain convert --tp 2 --pp 1 --dp 1 --zero-stage 1") in proc.stderr
-    # One process ran ZeRO stage 0; two run stage 1, whose files are partitioned over DP. DeepSpeed would
-    # find no ZeRO files and silently start Adam afresh.
+    # One process ran ZeRO stage 0; two run stage 1, whose optimizer files are partitioned over DP and
+    # absent here (DeepSpeed itself stops with a ZeRORuntimeException about the DP world size).
     proc = bigtrain("train", TINY, "--run-dir", str(run), *COMMON, nproc=2, check=False)
     assert proc.returncode != 0
     assert ("saved with layout tp=1 pp=1 zero_stage=0 dp=1, this run is tp=1 pp=1 zero_stage=1 dp=2: convert it with "
