@@ -63,10 +63,21 @@ def slurm():
     start = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, env=env, timeout=600)
     try:
         assert start.returncode == 0, start.stderr[-4000:]
-        yield _env(f"{state}/slurm.conf")
+        client = _env(f"{state}/slurm.conf")
+        client["BIGTRAIN_TEST_SLURM_DIR"] = state  # for daemon logs in failure messages
+        yield client
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def daemon_logs(env, lines: int = 40) -> str:
+    out = []
+    for name in ("slurmctld.log", "slurmd.log"):
+        p = Path(env["BIGTRAIN_TEST_SLURM_DIR"]) / "log" / name
+        if p.is_file():
+            out.append(f"--- {name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(out)
 
 
 def job_fields(env, job_id: str) -> dict[str, str]:
@@ -137,10 +148,13 @@ def test_sigterm_saves_requeues_and_resumes(slurm, completed_job, tmp_path):
         if state and all(s.startswith("idle") for s in state):
             break
         time.sleep(0.5)
+    # slurmd refuses ("Job N already killed, do not launch batch job") a relaunch that arrives within a
+    # moment of the kill; SLURM's own hold is ~2 minutes, a few seconds suffice.
+    time.sleep(10)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm, timeout=30)
     fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
     log = (tmp_path / f"job-{job}.out").read_text()
-    assert fields["JobState"] == "COMPLETED", log[-5000:]
+    assert fields["JobState"] == "COMPLETED", (fields, log[-3000:], daemon_logs(slurm))
     step = int(saved.group(1))
     assert f"resumed from {run}/checkpoints/step_{step:08d} at step {step}" in log
     assert "attempt 2" in log
