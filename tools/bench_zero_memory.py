@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
     ap.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--bucket-elems", type=int, default=0,
-                    help="DeepSpeed reduce/allgather/prefetch bucket size in elements (0: the trainer's config, "
-                         "DeepSpeed's 5e8 default)")
+                    help="parallel.bucket_elements: ZeRO reduce/all-gather/prefetch bucket size in elements "
+                         "(0: DeepSpeed's 5e8 default)")
     args = ap.parse_args()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     print(f"load average before: {os.getloadavg()[0]:.2f}")
@@ -51,8 +51,8 @@ def main() -> None:
             out = tmp / f"{prec}-{stage}.json"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                    "-m", "bigtrain.plan.measure", str(REPO / "configs" / "tiny-cpu.yaml"), *MODEL,
-                   f"parallel.zero_stage={stage}", f"train.precision={prec}", "--out", str(out),
-                   "--bucket-elems", str(args.bucket_elems)]
+                   f"parallel.zero_stage={stage}", f"train.precision={prec}",
+                   f"parallel.bucket_elements={args.bucket_elems}", "--out", str(out)]
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO)
             if proc.returncode:
                 print(proc.stderr[-4000:], file=sys.stderr)
