@@ -58,9 +58,8 @@ def convert(input: str | Path, output: str | Path, tp: int | None = None, pp: in
     tp = tp or int(src["tp"])
     pp = pp or int(src["pp"])
     # The configured stage, not the one the source ran (a DP=1 source ran stage 0; see zero_stage_at).
-    zero = zero_stage if zero_stage is not None else meta.get("config", {}).get("parallel", {}).get("zero_stage")
-    if zero is None:
-        zero = src.get("zero_stage") or 1
+    configured = meta.get("config", {}).get("parallel", {}).get("zero_stage")
+    zero = next(z for z in (zero_stage, configured, src.get("zero_stage"), 1) if z is not None)
     if pp > 1 and zero > 1:
         raise BigtrainError(f"--pp {pp} needs ZeRO stage 0 or 1 but the checkpoint uses zero_stage={zero}; "
                             "pass --zero-stage 1")

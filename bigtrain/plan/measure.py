@@ -104,7 +104,7 @@ def model_state_bytes(engine) -> dict[str, int]:
     return out
 
 
-def train_and_measure(engine, loss_fn, steps: int, micro_batch: int, seq_len: int, vocab: int, gas: int = 1
+def train_and_measure(engine, steps: int, micro_batch: int, seq_len: int, vocab: int, gas: int = 1
                       ) -> dict[str, int]:
     """Run ``steps`` optimizer steps on random tokens (PP = 1, ``gas`` ≥ 2 micro-batches a step), then the
     first micro-batch of one more step, and measure there: parameters, gradients and optimizer state live."""
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     built = trainer.build_engine(job)
     t, dp = job.train, built.topo.dp
     gas = t.global_batch_size // (t.micro_batch_size * dp)
-    got = train_and_measure(built.engine, built.loss_fn, args.steps, t.micro_batch_size, job.model.seq_len,
+    got = train_and_measure(built.engine, args.steps, t.micro_batch_size, job.model.seq_len,
                             job.model.vocab_size, gas)
     got.update(rank=built.info.rank, tp_rank=built.topo.tp_rank, pp_rank=built.topo.pp_rank, dp_rank=built.topo.dp_rank,
                optimizer_class=type(built.engine.optimizer).__name__)

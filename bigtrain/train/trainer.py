@@ -177,7 +177,7 @@ class Trainer:
         self.gas = t.global_batch_size // (t.micro_batch_size * dp)
         self.tokens_per_step = t.global_batch_size * job.model.seq_len
         self.checkpoints = CheckpointManager(self.run_dir, job.checkpoint.keep)
-        ran = job.parallel.zero_stage_at(dp, t.precision)
+        ran = self.layout()["zero_stage"]
         if self.info.rank == 0 and ran != job.parallel.zero_stage:
             print(f"parallel.zero_stage={job.parallel.zero_stage} runs as ZeRO stage {ran}: data-parallel "
                   "size 1 has nothing to partition", flush=True)
