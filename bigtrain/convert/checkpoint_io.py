@@ -172,7 +172,7 @@ def read_weights_offline(ckpt: Path, meta: dict[str, Any], cfg: ModelConfig) -> 
     for name, shards in parts.items():
         if any(s is None for s in shards):
             raise BigtrainError(f"{ckpt}: tensor {name} is missing from some tensor-parallel rank's file")
-        weights[name] = L.merge([s.float() for s in shards], name).contiguous()
+        weights[name] = L.merge([s.float() for s in shards], name, cfg).contiguous()
     _check_shapes(weights, cfg, str(ckpt))
     return weights
 

@@ -59,8 +59,9 @@ def dump_full_state(ckpt: Path, meta: dict[str, Any], tmp: Path, with_optimizer:
     optimizer info: {"tensors": {name.exp_avg: ..., name.exp_avg_sq: ...}, "step", "lr_scheduler",
     "global_steps", "global_samples", "skipped_steps"}."""
     from bigtrain.convert import layout as L
-    from bigtrain.convert.checkpoint_io import _progress, layout_of
+    from bigtrain.convert.checkpoint_io import _progress, layout_of, model_config
 
+    cfg = model_config(meta, ckpt)
     lay = layout_of(meta)
     nproc = int(lay["tp"]) * int(lay["pp"]) * int(lay.get("dp") or 1)
     _run_world(nproc, ["dump", str(ckpt), str(tmp), "1" if with_optimizer else "0"])
@@ -74,10 +75,10 @@ def dump_full_state(ckpt: Path, meta: dict[str, Any], tmp: Path, with_optimizer:
     weights: dict[str, torch.Tensor] = {}
     tensors: dict[str, torch.Tensor] = {}
     for name, shards in parts.items():
-        weights[name] = L.merge([s["param"] for s in shards], name).contiguous()
+        weights[name] = L.merge([s["param"] for s in shards], name, cfg).contiguous()
         if with_optimizer and all(k in shards[0] for k in OPT_KEYS):
             for k in OPT_KEYS:
-                tensors[f"{name}.{k}"] = L.merge([s[k] for s in shards], name).contiguous()
+                tensors[f"{name}.{k}"] = L.merge([s[k] for s in shards], name, cfg).contiguous()
     extra = torch.load(tmp / "extra.pt", map_location="cpu", weights_only=False)
     info = dict(extra)
     info["tensors"] = tensors if with_optimizer else {}
@@ -219,8 +220,8 @@ def _worker_load(stage: Path, root: Path, tag: str) -> None:
     for name, p in engine.module.named_parameters():
         if name not in weights:
             raise BigtrainError(f"{stage}: tensor {name} is missing")
-        local = L.shard(weights[name], name, topo.tp, topo.tp_rank)
-        moments = {k: L.shard(optim[f"{name}.{k}"], name, topo.tp, topo.tp_rank) for k in OPT_KEYS
+        local = L.shard(weights[name], name, topo.tp, topo.tp_rank, job.model)
+        moments = {k: L.shard(optim[f"{name}.{k}"], name, topo.tp, topo.tp_rank, job.model) for k in OPT_KEYS
                    if f"{name}.{k}" in optim}
         if _has_hp(p):
             safe_set_full_fp32_param(p, local.float())

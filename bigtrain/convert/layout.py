@@ -1,44 +1,46 @@
-"""Parameter names of bigtrain's model and how each one is split over tensor-parallel ranks.
+"""Checkpoint names and tensor-parallel splits, read from the model family's tensor table.
 
 The canonical (consolidated) names are those of the plain module (pipeline size 1): ``0.embed_tokens.weight``,
 ``{i}.self_attn.q_proj.weight`` for blocks ``i = 1..n``, ``{n+1}.norm.weight``, ``{n+2}.lm_head.weight``,
 and with tied embeddings ``tied_modules.embed.embed_tokens.weight`` (no lm_head). A DeepSpeed
-``PipelineModule`` uses the same names, so the rules here hold for every layout.
+``PipelineModule`` uses the same names, so the rules here hold for every layout. A name the family's
+table does not list is an error, never a replicated tensor.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bigtrain.errors import BigtrainError
 from bigtrain.model.config import ModelConfig
+from bigtrain.model.families import TIED_EMBED, TensorSpec, tensor_table
 
-TIED_EMBED = "tied_modules.embed.embed_tokens.weight"
-
-# Column-parallel (and the vocabulary-parallel embedding): split on the output dimension.
-_DIM0 = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
-         "lm_head.weight", "embed_tokens.weight")
-# Row-parallel: split on the input dimension.
-_DIM1 = ("o_proj.weight", "down_proj.weight")
+__all__ = ["TIED_EMBED", "spec", "tp_split_dim", "shard", "merge", "expected_shapes", "layer_file_name",
+           "to_hf_names"]
 
 
-def tp_split_dim(name: str) -> int | None:
-    """0 or 1 for tensor-parallel weights, None for replicated ones (norms)."""
-    if name.endswith(_DIM0):
-        return 0
-    if name.endswith(_DIM1):
-        return 1
-    return None
+def spec(name: str, cfg: ModelConfig) -> TensorSpec:
+    row = tensor_table(cfg).get(name)
+    if row is None:
+        raise BigtrainError(f"tensor {name} is not in the {cfg.family} family's table "
+                            f"(model.n_layers={cfg.n_layers}, tie_embeddings={cfg.tie_embeddings})")
+    return row
 
 
-def shard(full: torch.Tensor, name: str, tp: int, rank: int) -> torch.Tensor:
-    dim = tp_split_dim(name)
+def tp_split_dim(name: str, cfg: ModelConfig) -> int | None:
+    """The dimension tensor parallelism splits, None for replicated tensors (norms)."""
+    return spec(name, cfg).tp_dim
+
+
+def shard(full: torch.Tensor, name: str, tp: int, rank: int, cfg: ModelConfig) -> torch.Tensor:
+    dim = tp_split_dim(name, cfg)
     if dim is None or tp == 1:
         return full
     return full.chunk(tp, dim=dim)[rank].contiguous()
 
 
-def merge(shards: list[torch.Tensor], name: str) -> torch.Tensor:
-    dim = tp_split_dim(name)
+def merge(shards: list[torch.Tensor], name: str, cfg: ModelConfig) -> torch.Tensor:
+    dim = tp_split_dim(name, cfg)
     if dim is None or len(shards) == 1:
         return shards[0]
     return torch.cat(shards, dim=dim)
@@ -46,24 +48,7 @@ def merge(shards: list[torch.Tensor], name: str) -> torch.Tensor:
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name → full (unsharded) shape."""
-    d, hd, f, v = cfg.d_model, cfg.head_dim, cfg.ffn_size, cfg.vocab_size
-    n = cfg.n_layers
-    out: dict[str, tuple[int, ...]] = {}
-    out[TIED_EMBED if cfg.tie_embeddings else "0.embed_tokens.weight"] = (v, d)
-    for i in range(1, n + 1):
-        out[f"{i}.input_layernorm.weight"] = (d,)
-        out[f"{i}.self_attn.q_proj.weight"] = (cfg.n_heads * hd, d)
-        out[f"{i}.self_attn.k_proj.weight"] = (cfg.kv_heads * hd, d)
-        out[f"{i}.self_attn.v_proj.weight"] = (cfg.kv_heads * hd, d)
-        out[f"{i}.self_attn.o_proj.weight"] = (d, cfg.n_heads * hd)
-        out[f"{i}.post_attention_layernorm.weight"] = (d,)
-        out[f"{i}.mlp.gate_proj.weight"] = (f, d)
-        out[f"{i}.mlp.up_proj.weight"] = (f, d)
-        out[f"{i}.mlp.down_proj.weight"] = (d, f)
-    out[f"{n + 1}.norm.weight"] = (d,)
-    if not cfg.tie_embeddings:
-        out[f"{n + 2}.lm_head.weight"] = (v, d)
-    return out
+    return {name: row.shape for name, row in tensor_table(cfg).items()}
 
 
 def layer_file_name(layer_idx: int, key: str, cfg: ModelConfig) -> str | None:
@@ -76,28 +61,6 @@ def layer_file_name(layer_idx: int, key: str, cfg: ModelConfig) -> str | None:
     return f"{layer_idx}.{key}"
 
 
-# Hugging Face LlamaForCausalLM names ↔ canonical names.
-_HF_BLOCK = {
-    "input_layernorm.weight": "input_layernorm.weight",
-    "self_attn.q_proj.weight": "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight": "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight": "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight": "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight": "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight": "mlp.gate_proj.weight",
-    "mlp.up_proj.weight": "mlp.up_proj.weight",
-    "mlp.down_proj.weight": "mlp.down_proj.weight",
-}
-
-
 def to_hf_names(cfg: ModelConfig) -> dict[str, str]:
     """Canonical name → Hugging Face name."""
-    n = cfg.n_layers
-    m = {(TIED_EMBED if cfg.tie_embeddings else "0.embed_tokens.weight"): "model.embed_tokens.weight"}
-    for i in range(1, n + 1):
-        for ours, theirs in _HF_BLOCK.items():
-            m[f"{i}.{ours}"] = f"model.layers.{i - 1}.{theirs}"
-    m[f"{n + 1}.norm.weight"] = "model.norm.weight"
-    if not cfg.tie_embeddings:
-        m[f"{n + 2}.lm_head.weight"] = "lm_head.weight"
-    return m
+    return {name: row.hf_name for name, row in tensor_table(cfg).items()}

@@ -66,7 +66,7 @@ def make_init_fn(init: Path, kind: str, cfg):
             for name, p in module.named_parameters():
                 if name not in weights:
                     raise BigtrainError(f"--init {init}: tensor {name} is missing")
-                local = L.shard(weights[name], name, topo.tp, topo.tp_rank)
+                local = L.shard(weights[name], name, topo.tp, topo.tp_rank, cfg)
                 if tuple(local.shape) != tuple(p.shape):
                     raise BigtrainError(f"--init {init}: tensor {name} has shape {tuple(local.shape)} here, the "
                                         f"model expects {tuple(p.shape)}")

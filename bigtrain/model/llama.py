@@ -1,4 +1,4 @@
-"""Llama-style decoder as an ordered list of layer specs.
+"""The decoder every family shares, as an ordered list of layer specs (the family picks its optional parts).
 
 The model is ``[Embedding, Block × n_layers, FinalNorm, LMHead]``. The same list runs as a plain
 module (pipeline size 1) or is cut into DeepSpeed pipeline stages (see ``bigtrain.parallel.pipeline``);
@@ -64,10 +64,28 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotary_cos_sin(seq_len: int, head_dim: int, theta: float, device, dtype, offset: int = 0):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Rotary inverse frequencies, with the config's scaling (as Hugging Face computes them)."""
+    hd = cfg.head_size
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    s = cfg.rope_scaling
+    if s.type == "linear":
+        return inv_freq / s.factor
+    if s.type == "llama3":
+        # Llama 3.1: long wavelengths are stretched by `factor`, short ones kept, the band between blended.
+        old = s.original_max_position_embeddings
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / s.low_freq_factor, inv_freq / s.factor, inv_freq)
+        smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+        blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = (wavelen >= old / s.high_freq_factor) & (wavelen <= old / s.low_freq_factor)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rotary_cos_sin(seq_len: int, inv_freq: torch.Tensor, device, dtype, offset: int = 0):
     t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, inv_freq)
+    freqs = torch.outer(t, inv_freq.to(device))
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -142,40 +160,60 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, gen: torch.Generator):
         super().__init__()
         tp = mp.tensor_model_parallel_size
-        self.head_dim = cfg.head_dim
+        arch = cfg.arch
+        self.head_dim = cfg.head_size
         self.n_heads = cfg.n_heads // tp
         self.n_kv_heads = cfg.kv_heads // tp
-        self.rope_theta = cfg.rope_theta
+        self.inv_freq = rope_inv_freq(cfg)  # a plain tensor, not a buffer: no checkpoint entry
+        self.sliding_window = cfg.sliding_window
         init = _normal_init(cfg.init_std, gen)
         out_init = _normal_init(cfg.init_std / math.sqrt(2 * cfg.n_layers), gen)
-        col = partial(ColumnParallelLinear, config=mp, init_method=init, bias=False, gather_output=False)
-        self.q_proj = col(cfg.d_model, cfg.n_heads * cfg.head_dim)
-        self.k_proj = col(cfg.d_model, cfg.kv_heads * cfg.head_dim)
-        self.v_proj = col(cfg.d_model, cfg.kv_heads * cfg.head_dim)
-        self.o_proj = RowParallelLinear(cfg.n_heads * cfg.head_dim, cfg.d_model, config=mp, init_method=out_init,
+        col = partial(ColumnParallelLinear, config=mp, init_method=init, bias=arch.qkv_bias, gather_output=False)
+        self.q_proj = col(cfg.d_model, cfg.n_heads * self.head_dim)
+        self.k_proj = col(cfg.d_model, cfg.kv_heads * self.head_dim)
+        self.v_proj = col(cfg.d_model, cfg.kv_heads * self.head_dim)
+        self.o_proj = RowParallelLinear(cfg.n_heads * self.head_dim, cfg.d_model, config=mp, init_method=out_init,
                                         bias=False, input_is_parallel=True, skip_bias_add=True)
+        if arch.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.q_proj(x)[0].view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x)[0].view(b, s, self.n_heads, self.head_dim)
+        k = self.k_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         offset = kv_cache.length if kv_cache is not None else 0
-        cos, sin = rotary_cos_sin(s, self.head_dim, self.rope_theta, x.device, q.dtype, offset)
+        cos, sin = rotary_cos_sin(s, self.inv_freq, x.device, q.dtype, offset)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self, k, v)
+        window = self.sliding_window if self.sliding_window and offset + s > self.sliding_window else None
         # With a cache and several new tokens the causal mask must be offset by the cached length.
+        if window is not None or (attn_mask is None and offset > 0 and s > 1):
+            mask = causal_mask(s, offset, window, x.device)
+            attn_mask = mask if attn_mask is None else attn_mask & mask
         if attn_mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
-        elif kv_cache is not None and offset > 0 and s > 1:
-            mask = torch.ones(s, offset + s, dtype=torch.bool, device=x.device).tril(offset)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=offset == 0, enable_gqa=True)
         out = out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
         return self.o_proj(out)[0]
+
+
+def causal_mask(s: int, offset: int, window: int | None, device) -> torch.Tensor:
+    """[s, offset + s] bool: query i (at position offset + i) sees key j iff j <= offset + i and, with a
+    sliding window, offset + i - j < window (Hugging Face's Mistral convention)."""
+    q = torch.arange(offset, offset + s, device=device)[:, None]
+    k = torch.arange(offset + s, device=device)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= q - k < window
+    return mask
 
 
 class MLP(nn.Module):

@@ -52,21 +52,19 @@ this many elements stays whole on every rank (besides its partition), to spare a
 
 
 def stage_tensors(job: JobConfig, pp_rank: int) -> list[int]:
-    """Element counts of the parameter tensors one rank of pipeline stage ``pp_rank`` holds (before ZeRO-3)."""
+    """Element counts of the parameter tensors one rank of pipeline stage ``pp_rank`` holds (before ZeRO-3),
+    read from the family's tensor table: blocks are dealt evenly over stages, the embedding sits on the
+    first stage and the final norm and head on the last (a tied embedding on both)."""
+    from bigtrain.model.families import tensor_table
+
     m, p = job.model, job.parallel
-    d, f, hd, tp = m.d_model, m.ffn_size, m.head_dim, p.tp
-    block = [d, d * m.n_heads * hd // tp, d * m.kv_heads * hd // tp, d * m.kv_heads * hd // tp,
-             m.n_heads * hd * d // tp, d, d * f // tp, d * f // tp, f * d // tp]
-    out = block * (m.n_layers // p.pp)
-    emb = m.vocab_size * d // tp
-    first, last = pp_rank == 0, pp_rank == p.pp - 1
-    if first:
-        out.append(emb)
-    if last:
-        out.append(d)  # final norm
-        if not (m.tie_embeddings and first):  # one module serves both ends when there is a single stage
-            out.append(emb)  # head, or the tied embedding's copy on the last stage
-    return out
+    per_stage = m.n_layers // p.pp
+
+    def stage(layer: int) -> int:
+        return 0 if layer == 0 else p.pp - 1 if layer > m.n_layers else (layer - 1) // per_stage
+
+    return [row.numel // (p.tp if row.tp_dim is not None else 1) for row in tensor_table(m).values()
+            if pp_rank in {stage(i) for i in row.layers}]
 
 
 def stage_params(job: JobConfig, pp_rank: int) -> int:
@@ -88,7 +86,7 @@ def activation_bytes(job: JobConfig, pp_rank: int, micro_batches_in_flight: int)
     m, p, t = job.model, job.parallel, job.train
     a = 2 if t.precision == "bf16" else 4
     tokens = t.micro_batch_size * m.seq_len
-    d, hd, tp = m.d_model, m.head_dim, p.tp
+    d, hd, tp = m.d_model, m.head_size, p.tp
     per_block = (6 * d + (2 * (m.n_heads + 2 * m.kv_heads) * hd + 2 * m.n_heads * hd) // tp
                  + 4 * m.ffn_size // tp) * a * tokens
     blocks = m.n_layers // p.pp

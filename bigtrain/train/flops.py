@@ -33,4 +33,4 @@ def flops_per_token(cfg: ModelConfig) -> float:
     """6·N for the matrix multiplies of forward and backward plus 12·L·H·Q·T for attention scores
     (N: parameters outside the input embedding, L layers, H heads, Q head size, T sequence length)."""
     n = cfg.num_params(include_embedding=False)
-    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.seq_len
+    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_size * cfg.seq_len

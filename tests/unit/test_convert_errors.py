@@ -67,7 +67,7 @@ def test_non_llama_hf_config(tmp_path):
                                                 "n_embd": 64}))
     proc = bigtrain("import-hf", "--input", str(hf), "--output", str(tmp_path / "ckpt"), check=False)
     one_line_error(proc, f"{hf / 'config.json'}: model_type 'gpt2' is not supported "
-                         "(expected 'llama', a LlamaForCausalLM)")
+                         "(expected one of 'llama', 'mistral', 'qwen2', 'qwen3')")
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -85,15 +85,29 @@ def test_tokenizer_does_not_match_vocabulary(tmp_path):
 
 
 def test_layout_split_and_merge_round_trip():
-    full = torch.arange(8 * 6, dtype=torch.float32).view(8, 6)
+    from bigtrain.model.config import ModelConfig
+
+    cfg = ModelConfig(n_layers=3, d_model=8, n_heads=2, ffn_hidden=8, vocab_size=8)
+    full = torch.arange(8 * 8, dtype=torch.float32).view(8, 8)
     for name, dim in (("3.self_attn.q_proj.weight", 0), ("3.self_attn.o_proj.weight", 1),
-                      ("3.mlp.down_proj.weight", 1), ("0.embed_tokens.weight", 0), ("4.lm_head.weight", 0)):
-        assert L.tp_split_dim(name) == dim
-        parts = [L.shard(full, name, 2, r) for r in range(2)]
+                      ("3.mlp.down_proj.weight", 1), ("0.embed_tokens.weight", 0), ("5.lm_head.weight", 0)):
+        assert L.tp_split_dim(name, cfg) == dim
+        parts = [L.shard(full, name, 2, r, cfg) for r in range(2)]
         assert parts[0].shape[dim] == full.shape[dim] // 2
-        assert torch.equal(L.merge(parts, name), full)
-    assert L.tp_split_dim("1.input_layernorm.weight") is None
-    assert torch.equal(L.shard(full[0], "3.norm.weight", 2, 1), full[0])
+        assert torch.equal(L.merge(parts, name, cfg), full)
+    assert L.tp_split_dim("1.input_layernorm.weight", cfg) is None
+    assert torch.equal(L.shard(full[0], "4.norm.weight", 2, 1, cfg), full[0])
+
+
+def test_unlisted_tensor_is_an_error_not_replicated():
+    from bigtrain.errors import BigtrainError
+    from bigtrain.model.config import ModelConfig
+
+    llama, qwen2 = ModelConfig(n_layers=2), ModelConfig(n_layers=2, family="qwen2")
+    assert L.tp_split_dim("1.self_attn.q_proj.bias", qwen2) == 0
+    for name in ("1.self_attn.q_proj.bias", "1.mlp.extra.weight", "7.norm.weight"):
+        with pytest.raises(BigtrainError, match="is not in the llama family's table"):
+            L.shard(torch.zeros(4), name, 2, 0, llama)
 
 
 @pytest.mark.parametrize("tied", [False, True])
