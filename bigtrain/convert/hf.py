@@ -1,4 +1,5 @@
-"""Hugging Face LlamaForCausalLM export (checked against transformers) and import."""
+"""Hugging Face export (checked against transformers' own class for the family) and import, for every family
+in ``bigtrain.model.families``; the tokenizer and generation config travel with the weights."""
 
 from __future__ import annotations
 
@@ -18,107 +19,18 @@ from bigtrain.model.config import ModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LOGIT_TOL = 1e-4
-SAMPLE_TEXTS = ["Hello world", "  def foo(x):\n    return x ** 2\n", "ünïcödé 你好 🎉 123 4567", "a  b\tc\n\nd",
-                " leading space and trailing  ", "The quick brown fox jumps over the lazy dog."]
 
 
-# ------------------------------------------------------------------------------------------- tokenizer
-def write_hf_tokenizer(sp_model: Path, out: Path, model_max_length: int) -> None:
-    """A LlamaTokenizer directory (tokenizer.json, tokenizer_config.json, tokenizer.model) whose ids equal
-    sentencepiece's: dummy prefix on every call, whitespace split like sentencepiece, digits split. Loaded as a
-    plain PreTrainedTokenizerFast so that transformers keeps this pipeline (LlamaTokenizer rebuilds its own,
-    which merges leading spaces differently from sentencepiece). ``tok(text)`` prepends <s> as Llama does."""
-    from transformers import LlamaTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(sp_model, Path(tmp) / "tokenizer.model")
-        tok = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=None)
-        tok.model_max_length = model_max_length
-        tok.pad_token = "<pad>"
-        tok.save_pretrained(str(out))
-    j = json.loads((out / "tokenizer.json").read_text())
-    j["normalizer"] = {"type": "Sequence", "normalizers": [
-        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
-    j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True},
-        {"type": "Digits", "individual_digits": True}]}
-    j["post_processor"] = {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                                    {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
-    (out / "tokenizer.json").write_text(json.dumps(j, ensure_ascii=False, indent=1))
-    cfg = json.loads((out / "tokenizer_config.json").read_text())
-    cfg.update({"add_bos_token": True, "add_eos_token": False, "tokenizer_class": "PreTrainedTokenizerFast",
-                "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
-    cfg.pop("is_local", None)
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    shutil.copy(sp_model, out / "tokenizer.model")
-
-
-def check_hf_tokenizer(hf_dir: Path, sp_tok) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    for text in SAMPLE_TEXTS:
-        ours, theirs = sp_tok.encode(text), tok.encode(text, add_special_tokens=False)
-        if ours != theirs:
-            raise BigtrainError(f"{hf_dir}: exported tokenizer encodes {text!r} as {theirs[:8]}…, "
-                                f"sentencepiece as {ours[:8]}…")
-        if tok.decode(theirs) != sp_tok.decode(ours):
-            raise BigtrainError(f"{hf_dir}: exported tokenizer does not decode {text!r} like sentencepiece")
+# Files that travel with an imported model besides the tokenizer's own (written back unchanged on export).
+GENERATION_CONFIG = "generation_config.json"
 
 
 # ------------------------------------------------------------------------------------------- config
-def hf_config(cfg: ModelConfig, tok=None) -> dict[str, Any]:
-    from transformers import LlamaConfig
-
-    c = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_size,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False, mlp_bias=False, attention_dropout=0.0, initializer_range=cfg.init_std,
-        bos_token_id=tok.bos_id if tok else 1, eos_token_id=tok.eos_id if tok else 2,
-        pad_token_id=tok.pad_id if tok else 3, architectures=["LlamaForCausalLM"])
-    return c
-
-
 def model_config_from_hf(hf: dict[str, Any], where: str) -> ModelConfig:
-    if hf.get("model_type") != "llama":
-        raise BigtrainError(f"{where}: model_type {hf.get('model_type')!r} is not supported "
-                            f"(expected 'llama', a LlamaForCausalLM)")
-    archs = hf.get("architectures") or ["LlamaForCausalLM"]
-    if "LlamaForCausalLM" not in archs:
-        raise BigtrainError(f"{where}: architectures {archs} is not supported (expected ['LlamaForCausalLM'])")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise BigtrainError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (expected 'silu')")
-    for key in ("attention_bias", "mlp_bias"):
-        if hf.get(key):
-            raise BigtrainError(f"{where}: {key}=true is not supported (bigtrain's Llama has no biases)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise BigtrainError(f"{where}: rope type {rope.get('rope_type') or rope.get('type')!r} is not supported "
-                            "(expected 'default')")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    try:
-        d, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-        cfg = ModelConfig(n_layers=int(hf["num_hidden_layers"]), d_model=d, n_heads=heads,
-                          n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-                          ffn_hidden=int(hf["intermediate_size"]), vocab_size=int(hf["vocab_size"]),
-                          seq_len=int(hf.get("max_position_embeddings", 2048)),
-                          tie_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
-                          norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                          init_std=float(hf.get("initializer_range", 0.02)))
-    except KeyError as e:
-        raise BigtrainError(f"{where}: field {e.args[0]!r} is missing") from None
-    if hf.get("head_dim") not in (None, d // heads):
-        raise BigtrainError(f"{where}: head_dim={hf['head_dim']} is not hidden_size/num_attention_heads={d // heads}")
-    try:
-        cfg.validate()
-    except BigtrainError as e:
-        raise BigtrainError(f"{where}: {e}") from None
-    return cfg
+    """The family named by ``model_type`` reads its config.json."""
+    from bigtrain.model.families import family_for_hf
+
+    return family_for_hf(hf.get("model_type"), where).from_hf_config(hf, where)
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -151,13 +63,13 @@ def fixed_batch(vocab: int, seq: int, batch: int = 2) -> torch.Tensor:
 
 def compare_logits(hf_dir: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> float:
     """Max |logits difference| on a fixed batch, bigtrain (weights rounded to ``dtype``) vs transformers."""
-    from transformers import LlamaForCausalLM
+    import transformers
 
     from bigtrain.generate.inference import build_model
 
     rounded = {k: v.to(dtype).float() for k, v in weights.items()}
     ours = build_model(cfg, rounded)
-    hf = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    hf = getattr(transformers, cfg.arch.hf_class).from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     tokens = fixed_batch(cfg.vocab_size, min(cfg.seq_len, 32))
     with torch.no_grad():
         a = ours(tokens).float()
@@ -167,8 +79,6 @@ def compare_logits(hf_dir: Path, cfg: ModelConfig, weights: dict[str, torch.Tens
 
 def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokenizer: str | Path | None = None,
               max_shard_size: int = 2 * 1024**3, check: bool = True, force: bool = False) -> dict[str, Any]:
-    from transformers import GenerationConfig
-
     from bigtrain.tokenizer import load_tokenizer
 
     if dtype not in DTYPES:
@@ -183,19 +93,15 @@ def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokeni
     names = L.to_hf_names(cfg)
     tdtype = DTYPES[dtype]
     hf_tensors = {names[k]: weights[k].to(tdtype) for k in L.expected_shapes(cfg)}
-    report: dict[str, Any] = {"dtype": dtype}
+    report: dict[str, Any] = {"dtype": dtype, "family": cfg.family}
     with atomic_dir(output, force=force) as tmp:
-        conf = hf_config(cfg, tok)
+        conf = cfg.arch.to_hf_config(cfg, *((tok.bos_id, tok.eos_id, tok.pad_id) if tok else (None, None, None)))
         conf.dtype = "bfloat16" if dtype == "bf16" else "float32"
         conf.save_pretrained(str(tmp))
-        GenerationConfig(bos_token_id=conf.bos_token_id, eos_token_id=conf.eos_token_id,
-                         pad_token_id=conf.pad_token_id, do_sample=False,
-                         max_length=cfg.seq_len).save_pretrained(str(tmp))
+        write_generation_config(tmp, conf, cfg, tok_path)
         save_sharded(hf_tensors, tmp, max_shard_size)
         if tok is not None:
-            write_hf_tokenizer(Path(tok.path) / "tokenizer.model" if Path(tok.path).is_dir() else Path(tok.path),
-                               tmp, cfg.seq_len)
-            check_hf_tokenizer(tmp, tok)
+            report["tokenizer_documents_checked"] = export_tokenizer(tok, tmp, cfg.seq_len, meta)
         if check:
             diff = compare_logits(tmp, cfg, weights, tdtype)
             report["max_logit_diff"] = diff
@@ -205,6 +111,57 @@ def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokeni
         (tmp / "bigtrain_export.json").write_text(json.dumps(
             {"source": str(ckpt), "step": meta.get("step"), **report}, indent=2))
     return report
+
+
+def write_generation_config(out: Path, conf, cfg: ModelConfig, tok_path: Path | None) -> None:
+    """The imported model's generation_config.json unchanged when it came with the tokenizer, else a greedy one."""
+    from transformers import GenerationConfig
+
+    carried = None if tok_path is None else (tok_path if tok_path.is_dir() else tok_path.parent) / GENERATION_CONFIG
+    if carried is not None and carried.is_file():
+        shutil.copyfile(carried, out / GENERATION_CONFIG)
+        return
+    GenerationConfig(bos_token_id=conf.bos_token_id, eos_token_id=conf.eos_token_id, pad_token_id=conf.pad_token_id,
+                     do_sample=False, max_length=cfg.seq_len).save_pretrained(str(out))
+
+
+def export_tokenizer(tok, out: Path, model_max_length: int, meta: dict[str, Any]) -> int:
+    """Write the tokenizer and check transformers' ids against bigtrain's on real text: documents of the data
+    the model was trained on (when still readable) and the tokenizer's own sample. Returns the count checked."""
+    from bigtrain.tokenizer.hf_export import sample_texts, save_hf_tokenizer, verify_hf_tokenizer
+
+    save_hf_tokenizer(tok, out, model_max_length)
+    texts = training_documents(meta, 200) + sample_texts(tok)
+    verify_hf_tokenizer(out, tok, texts)
+    return len(texts)
+
+
+def training_documents(meta: dict[str, Any], limit: int) -> list[str]:
+    """Up to ``limit`` documents of the raw inputs the checkpoint's datasets were preprocessed from."""
+    from bigtrain.data.readers import iter_documents
+
+    paths = (meta.get("config") or {}).get("data", {}).get("path") or []
+    inputs = []
+    for p in paths if isinstance(paths, list) else [paths]:
+        manifest = Path(str(p)) / "manifest.json"
+        if manifest.is_file():
+            try:
+                inputs += [Path(r["path"]) for r in read_json(manifest).get("inputs", [])]
+            except (BigtrainError, KeyError, TypeError):
+                continue
+    texts: list[str] = []
+    for f in inputs:
+        if not f.is_file():
+            continue
+        try:
+            for text, _ in iter_documents(f, "text"):
+                if text:
+                    texts.append(text)
+                if len(texts) >= limit:
+                    return texts
+        except BigtrainError:
+            continue
+    return texts
 
 
 # ------------------------------------------------------------------------------------------- import
@@ -236,55 +193,54 @@ def hf_to_canonical(hf_weights: dict[str, torch.Tensor], cfg: ModelConfig, where
     out = {}
     for ours, theirs in names.items():
         if theirs not in hf_weights:
-            raise BigtrainError(f"{where}: tensor {theirs} is missing")
+            raise BigtrainError(f"{where}: tensor {theirs} is missing (the {cfg.family} family's table lists it)")
         t = hf_weights[theirs]
         if tuple(t.shape) != shapes[ours]:
             raise BigtrainError(f"{where}: tensor {theirs} has shape {tuple(t.shape)}, expected {shapes[ours]}")
         out[ours] = t.float().contiguous()
+    # A tied model's files sometimes also carry lm_head.weight (a copy of the embedding); rotary buffers
+    # are recomputed. Anything else would be silently dropped, so it is refused.
     allowed = set(names.values()) | {"lm_head.weight"}
-    extra = [k for k in hf_weights if k not in allowed and "rotary_emb" not in k]
+    extra = sorted(k for k in hf_weights if k not in allowed and "rotary_emb" not in k)
     if extra:
-        raise BigtrainError(f"{where}: unexpected tensor {extra[0]}")
+        raise BigtrainError(f"{where}: tensor {extra[0]} is not in the {cfg.family} family's table "
+                            f"({len(extra)} unknown tensor(s)); refusing to drop it")
     return out
 
 
-def check_import_tokenizer(hf_dir: Path, tokenizer: str | Path | None, cfg: ModelConfig) -> None:
-    """Fail before any heavy work if the tokenizer does not fit the vocabulary."""
-    import tempfile as _t
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 
-    with _t.TemporaryDirectory() as tmp:
+
+def check_import_tokenizer(hf_dir: Path, tokenizer: str | Path | None, cfg: ModelConfig) -> None:
+    """Fail before any heavy work if the tokenizer does not load or does not fit the vocabulary."""
+    with tempfile.TemporaryDirectory() as tmp:
         import_tokenizer(hf_dir, tokenizer, cfg, Path(tmp))
 
 
 def import_tokenizer(hf_dir: Path, tokenizer: str | Path | None, cfg: ModelConfig, dest: Path) -> bool:
-    """Copy a sentencepiece tokenizer (``--tokenizer`` or HF_DIR/tokenizer.model) into ``dest/tokenizer``."""
+    """Copy the tokenizer (``--tokenizer``, else the model directory's own files, unchanged) and the model's
+    generation_config.json into ``dest/tokenizer``. False when there is no tokenizer to carry."""
     from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR
-    from bigtrain.io import atomic_write_json
     from bigtrain.tokenizer import load_tokenizer
-    from bigtrain.tokenizer.model import Tokenizer
 
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
-        src = tok.path if tok.path.is_dir() else tok.path.parent
-    elif (hf_dir / "tokenizer.model").is_file():
-        model_file = hf_dir / "tokenizer.model"
-        tok = Tokenizer(model_file.read_bytes(), {}, model_file)
-        src = None
+        files = list(tok.files())
     else:
-        return False
+        files = [hf_dir / f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
+        if not any(f.name in ("tokenizer.json", "tokenizer.model") for f in files):
+            return False
+        tok = load_tokenizer(hf_dir)
     if tok.vocab_size > cfg.vocab_size:
         raise BigtrainError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens but config.json vocab_size="
                             f"{cfg.vocab_size}")
     out = dest / TOKENIZER_SUBDIR
-    if src is not None:
-        shutil.copytree(src, out, dirs_exist_ok=True)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tokenizer.model").write_bytes(tok.model_bytes)
-        atomic_write_json(out / "tokenizer.json", {"type": "sentencepiece", "vocab_size": tok.vocab_size,
-                                                   "unk_id": tok.unk_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                                                   "pad_id": tok.pad_id, "sha256": tok.sha256,
-                                                   "imported_from": str(hf_dir)})
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, out / f.name)
+    if (hf_dir / GENERATION_CONFIG).is_file():
+        shutil.copyfile(hf_dir / GENERATION_CONFIG, out / GENERATION_CONFIG)
     return True
 
 

@@ -72,6 +72,8 @@ def to_messages(rec: Any, where: str) -> list[dict[str, str]]:
 
 def encode_example(messages: list[dict[str, str]], tok, cfg: SFTConfig) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, trainable mask) of one example."""
+    if cfg.uses_tokenizer_template(tok):
+        return encode_with_chat_template(messages, tok)
     fmt = cfg.formats()
     ids: list[int] = [tok.bos_id] if cfg.bos else []
     train: list[bool] = [False] * len(ids)
@@ -88,8 +90,35 @@ def encode_example(messages: list[dict[str, str]], tok, cfg: SFTConfig) -> tuple
     return np.array(ids, dtype=np.int64), np.array(train, dtype=bool)
 
 
+def encode_with_chat_template(messages: list[dict[str, str]], tok) -> tuple[np.ndarray, np.ndarray]:
+    """The tokenizer's template renders the conversation; each assistant turn is the text its message adds to
+    the rendering of the turns before it with the generation prompt (so the generation prompt is prompt side).
+    The template places BOS, end-of-turn and EOS tokens itself."""
+    ids: list[int] = []
+    train: list[bool] = []
+    done = ""
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = tok.apply_chat_template(messages[:k], add_generation_prompt=True)
+        full = tok.apply_chat_template(messages[:k + 1])
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise BigtrainError(f"tokenizer {tok.path}: its chat template does not render a conversation as a "
+                                "prefix of its continuation; prompt tokens cannot be told from response tokens "
+                                "(choose sft.template=plain, chatml or llama2)")
+        head, reply = tok.encode(prompt[len(done):]), tok.encode(full[len(prompt):])
+        ids += head + reply
+        train += [False] * len(head) + [True] * len(reply)
+        done = full
+    rest = tok.apply_chat_template(messages)[len(done):] if done else tok.apply_chat_template(messages)
+    tail = tok.encode(rest) if rest else []
+    return np.array(ids + tail, dtype=np.int64), np.array(train + [False] * len(tail), dtype=bool)
+
+
 def encode_prompt(messages: list[dict[str, str]], tok, cfg: SFTConfig) -> list[int]:
     """Token ids to generate the next assistant turn from (the messages so far, then assistant_prefix)."""
+    if cfg.uses_tokenizer_template(tok):
+        return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
     fmt = cfg.formats()
     ids, pending = ([tok.bos_id] if cfg.bos else []), ""
     for m in messages:

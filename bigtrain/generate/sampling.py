@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Collection
+
 import torch
 
 from bigtrain.model.llama import KVCache
@@ -25,13 +27,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 @torch.no_grad()
 def generate(model, prompt: list[int], max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int | None = None, eos_id: int | None = None,
+             top_p: float = 1.0, seed: int | None = None, eos_id: int | Collection[int] | None = None,
              use_cache: bool = True, vocab_limit: int | None = None) -> list[int]:
-    """New token ids after ``prompt`` (stops after ``eos_id`` is produced, which is included)."""
+    """New token ids after ``prompt`` (stops after ``eos_id``, or any of several, is produced; it is included)."""
     if not prompt:
         raise ValueError("empty prompt")
     gen = torch.Generator().manual_seed(seed if seed is not None else 0)
     model.eval()
+    stop = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     out: list[int] = []
     cache = KVCache() if use_cache else None
     tokens = torch.tensor([prompt], dtype=torch.long)
@@ -51,7 +54,7 @@ def generate(model, prompt: list[int], max_new_tokens: int = 32, temperature: fl
             probs = torch.softmax(filter_logits(last / temperature, top_k, top_p), dim=-1)
             nxt = int(torch.multinomial(probs, 1, generator=gen))
         out.append(nxt)
-        if eos_id is not None and nxt == eos_id:
+        if nxt in stop:
             break
         step_input = torch.tensor([[nxt]], dtype=torch.long)
         tokens = torch.cat([tokens, step_input], dim=1)

@@ -80,7 +80,7 @@ def test_tokenizer_does_not_match_vocabulary(tmp_path):
     (hf / "config.json").write_text(json.dumps(LLAMA))  # vocab_size 256 < 512 tokenizer pieces
     shutil.copy(tok / "tokenizer.model", hf / "tokenizer.model")
     proc = bigtrain("import-hf", "--input", str(hf), "--output", str(tmp_path / "ckpt"), check=False)
-    one_line_error(proc, f"{hf / 'tokenizer.model'}: tokenizer has 512 tokens but config.json vocab_size=256")
+    one_line_error(proc, f"{hf}: tokenizer has 512 tokens but config.json vocab_size=256")
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -118,3 +118,51 @@ def test_hf_name_map_covers_every_tensor(tied):
     names = L.to_hf_names(cfg)
     assert set(names) == set(L.expected_shapes(cfg))
     assert ("lm_head.weight" in names.values()) is (not tied)
+
+
+def hf_dir_from_table(path, hf: dict, drop: str | None = None, add: str | None = None):
+    """An HF model directory: ``hf`` as config.json and zero tensors named and shaped by the family's table."""
+    from safetensors.torch import save_file
+
+    from bigtrain.convert.hf import model_config_from_hf
+    from bigtrain.model.families import tensor_table
+
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(hf))
+    cfg = model_config_from_hf(hf, "test")
+    tensors = {row.hf_name: torch.zeros(row.shape) for row in tensor_table(cfg).values() if row.hf_name != drop}
+    if add:
+        tensors[add] = torch.zeros(4)
+    save_file(tensors, str(path / "model.safetensors"))
+    return path
+
+
+QWEN2 = {**LLAMA, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": False}
+
+
+@pytest.mark.parametrize("case", ["rope", "missing_bias", "unknown_tensor", "sliding"])
+def test_import_refuses_in_one_line(tmp_path, case):
+    out = tmp_path / "ckpt"
+    if case == "rope":
+        hf = {**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(hf))
+        want = f"{tmp_path / 'hf' / 'config.json'}: rope type 'yarn' is not supported for family llama " \
+               "(supported: default, linear, llama3)"
+    elif case == "missing_bias":
+        hf_dir_from_table(tmp_path / "hf", QWEN2, drop="model.layers.1.self_attn.k_proj.bias")
+        want = f"{tmp_path / 'hf'}: tensor model.layers.1.self_attn.k_proj.bias is missing " \
+               "(the qwen2 family's table lists it)"
+    elif case == "unknown_tensor":
+        # a Llama config with q/k/v biases in its weights (attention_bias left out of config.json)
+        hf_dir_from_table(tmp_path / "hf", LLAMA, add="model.layers.0.self_attn.q_proj.bias")
+        want = f"{tmp_path / 'hf'}: tensor model.layers.0.self_attn.q_proj.bias is not in the llama family's " \
+               "table (1 unknown tensor(s)); refusing to drop it"
+    else:
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**QWEN2, "use_sliding_window": True}))
+        want = f"{tmp_path / 'hf' / 'config.json'}: use_sliding_window=true is not supported for qwen2 " \
+               "(expected false, as in every released Qwen2/2.5 model)"
+    proc = bigtrain("import-hf", "--input", str(tmp_path / "hf"), "--output", str(out), check=False)
+    one_line_error(proc, want)
+    assert not out.exists()
