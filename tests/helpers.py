@@ -42,14 +42,15 @@ def make_tiny_hf_llama(path: Path, tokenizer_dir: Path, *, seed: int, tied: bool
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bigtrain.convert.hf import write_hf_tokenizer
+    from bigtrain.tokenizer import load_tokenizer
+    from bigtrain.tokenizer.hf_export import save_hf_tokenizer
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
                       tie_word_embeddings=tied, initializer_range=init_range)
     LlamaForCausalLM(cfg).save_pretrained(str(path))
-    write_hf_tokenizer(Path(tokenizer_dir) / "tokenizer.model", path, 64)
+    save_hf_tokenizer(load_tokenizer(tokenizer_dir), path, 64)
 
 
 def metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
