@@ -69,3 +69,24 @@ def test_load_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BigtrainError, match="no tokenizer.model"):
         load_tokenizer(tmp_path / "empty")
+
+
+def test_sentencepiece_common_interface(corpus_tokenizer_dir, tmp_path):
+    import pickle
+    import shutil
+
+    d = shutil.copytree(corpus_tokenizer_dir, tmp_path / "tok")
+    tok = load_tokenizer(d)
+    assert tok.kind == "sentencepiece" and tok.chat_template is None
+    assert tok.info()["kind"] == "sentencepiece" and tok.info()["model_type"] == "bpe"
+    assert pickle.loads(pickle.dumps(tok)).encode("def f(x):\n    return x") == tok.encode("def f(x):\n    return x")
+    assert tok.token_to_id("<pad>") == PAD_ID and tok.token_to_id("no such piece") is None
+    # a chat template stored with the tokenizer is rendered with its special tokens, and is one of its files
+    (d / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
+                                           "{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    tok = load_tokenizer(d)
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True) == \
+        "<s>[user] hi</s>[assistant] "
+    assert {f.name for f in tok.files()} == {"tokenizer.model", "tokenizer.json", "chat_template.jinja"}
+    with pytest.raises(BigtrainError, match="EOS token 'nope' is not in the vocabulary"):
+        tok.with_eos("nope")
