@@ -6,8 +6,9 @@ Pipeline (all Ray tasks; the driver only routes object references and prints pro
    with the per-document skip reasons counted.
 2. ``_tokenize`` (0.9 CPU): hashes each document (sha256 of its UTF-8 text → key), picks its split
    (held out when the key's second half, read as a fraction, is below ``heldout_fraction``) and its
-   shard (key modulo the split's shard count), encodes it with sentencepiece and appends EOS. It
-   returns one bucket per shard, so each writer fetches only its own documents.
+   shard (key modulo the split's shard count), encodes it with the tokenizer (unpickled once per worker)
+   and appends EOS (the tokenizer's, or ``--eos-token``). It returns one bucket per shard, so each
+   writer fetches only its own documents.
 3. ``_write`` (0.9 CPU, one per shard): gathers its buckets, sorts by (key, input path, index in
    input), drops exact duplicates (same key: the first is kept, the others are counted as skipped
    ``duplicate``) and writes the tar to a temporary name, then renames it.
@@ -92,35 +93,36 @@ def _read_body(path: str, text_field: str, batch_bytes: int):
         yield {"path": path, "texts": texts, "idx": idx, "read": read, "skips": dict(skips)}
 
 
-_SP_CACHE: dict[str, Any] = {}
+_TOKENIZERS: dict[str, Any] = {}  # per worker process: the run's tokenizer, unpickled once
 
 
-def _processor(model_bytes: bytes):
-    key = hashlib.sha256(model_bytes).hexdigest()
-    sp = _SP_CACHE.get(key)
-    if sp is None:
-        import sentencepiece as spm
+def _worker_tokenizer(handle: tuple):
+    """The tokenizer behind ``(key, [ref])``; the ref sits in a list so that Ray does not fetch and unpickle it
+    for every task, only on a worker's first task of a run."""
+    key, box = handle
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        import ray
 
-        sp = spm.SentencePieceProcessor()
-        sp.LoadFromSerializedProto(model_bytes)
-        _SP_CACHE.clear()
-        _SP_CACHE[key] = sp
-    return sp
+        # Workers share the machine's cores: one encoding thread each (`tokenizers` would start one per core).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        tok = ray.get(box[0]) if isinstance(box[0], ray.ObjectRef) else box[0]
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = tok
+    return tok
 
 
-def _tokenize_body(batch: dict, model_bytes: bytes, heldout_fraction: float, num_train: int, num_heldout: int,
+def _tokenize_body(batch: dict, tok_handle: tuple, heldout_fraction: float, num_train: int, num_heldout: int,
                    skip_shards: frozenset, dtype_str: str):
-    sp = _processor(model_bytes)
-    eos = sp.eos_id()
+    tok = _worker_tokenizer(tok_handle)
     n = num_train + num_heldout
     keys = [doc_key(t) for t in batch["texts"]]
     dest = [route(k, heldout_fraction, num_train, num_heldout) for k in keys]
     todo = [j for j, s in enumerate(dest) if s not in skip_shards]
-    encoded = sp.EncodeAsIds([batch["texts"][j] for j in todo], num_threads=1) if todo else []
+    encoded = tok.encode_batch([batch["texts"][j] for j in todo], eos=True) if todo else []
     per_shard: list[list[int]] = [[] for _ in range(n)]
     enc_of = {}
     for j, ids in zip(todo, encoded):
-        ids.append(eos)
         enc_of[j] = ids
         per_shard[dest[j]].append(j)
     buckets = []
@@ -191,8 +193,8 @@ def _fingerprint(tok_info: dict, inputs: list[Path], text_field: str, num_shards
                  heldout_fraction: float) -> str:
     from bigtrain import __version__
 
-    ident = {"version": __version__, "format": FORMAT, "tokenizer": tok_info["sha256"], "text_field": text_field,
-             "num_shards": num_shards, "heldout_fraction": heldout_fraction,
+    ident = {"version": __version__, "format": FORMAT, "tokenizer": tok_info["sha256"], "eos_id": tok_info["eos_id"],
+             "text_field": text_field, "num_shards": num_shards, "heldout_fraction": heldout_fraction,
              "inputs": [[str(p), p.stat().st_size, sha256_file(p)] for p in inputs]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -213,10 +215,11 @@ def _verified_state(out: Path, plan: ShardPlan, fingerprint: str) -> dict | None
 
 def preprocess(inputs: list[str], tokenizer: str, output: str, num_shards: int = 8,
                heldout_fraction: float = 0.01, text_field: str = "text", workers: int | None = None,
-               ray_address: str | None = None, quiet: bool = False) -> dict:
+               ray_address: str | None = None, quiet: bool = False, eos_token: str | None = None) -> dict:
     """Run the pipeline; returns the manifest. Starts a local Ray (``workers`` CPUs) unless Ray is
     already initialised in this process or ``ray_address`` is given; ``workers`` also caps the
-    number of tokenize tasks in flight."""
+    number of tokenize tasks in flight. ``tokenizer`` is anything :func:`~bigtrain.tokenizer.load_tokenizer`
+    reads; every document ends with its EOS, or with ``eos_token`` (a token of its vocabulary) when given."""
     from bigtrain import __version__
     from bigtrain.tokenizer import load_tokenizer
 
@@ -230,7 +233,15 @@ def preprocess(inputs: list[str], tokenizer: str, output: str, num_shards: int =
     for f in files:
         readers.check_input(f, text_field)
     tok = load_tokenizer(tokenizer)
-    tok_info = {**tok.info(), "path": str(Path(tokenizer).resolve())}
+    if eos_token is not None:
+        try:
+            tok = tok.with_eos(eos_token)
+        except BigtrainError as e:
+            raise BigtrainError(f"--eos-token: {e}") from None
+    if tok.eos_id < 0:
+        raise BigtrainError(f"--tokenizer {tokenizer}: the tokenizer has no EOS token to end documents with; "
+                            "name one of its tokens with --eos-token TOKEN")
+    tok_info = {**tok.info(), "path": str(Path(tok.path).resolve())}
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise BigtrainError(f"--output {out}: exists and is not a directory")
@@ -315,7 +326,7 @@ def _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout
     write_task = ray.remote(num_cpus=0.9)(_write_body)
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = workers or max(1, cluster_cpus)
-    model_ref = ray.put(tok.model_bytes)
+    tok_handle = (f"{tok.sha256}:{tok.eos_id}", [ray.put(tok)])
     skip = frozenset(kept)
     n = len(plan)
     prog = _Progress(quiet)
@@ -347,7 +358,7 @@ def _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout
                     done, pending[:] = ray.wait(pending, num_returns=1)
                     settle(done[0])
                 refs = tok_task.options(num_returns=n + 1).remote(
-                    batch_ref, model_ref, heldout_fraction, num_train, num_held, skip, dtype.str)
+                    batch_ref, tok_handle, heldout_fraction, num_train, num_held, skip, dtype.str)
                 for s in range(n):
                     buckets[s].append(refs[s])
                 pending.append(refs[n])

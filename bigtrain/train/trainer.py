@@ -82,6 +82,9 @@ def resolve_tokenizer(job: JobConfig):
     if from_data and from_data.get("sha256") != tok.sha256:
         raise BigtrainError(f"tokenizer {path} is not the tokenizer data.path was preprocessed with "
                             f"({from_data.get('path')})")
+    eos = (from_data or {}).get("eos_id", tok.eos_id)
+    if eos != tok.eos_id and 0 <= eos < tok.vocab_size:  # preprocessed with --eos-token
+        tok = tok.with_eos(tok.id_to_piece(eos))
     return tok
 
 
