@@ -8,11 +8,12 @@ window is a target, predicted from the tokens before it in that window):
 * ``bpb``   = total nats / (ln 2 × total UTF-8 bytes of the text the target tokens encode)
 
 The bytes a token encodes come from the tokenizer (not from the data), so bits-per-byte compares models
-with different tokenizers: a normal piece encodes the UTF-8 bytes of its text (``▁`` is one space), a
-byte-fallback piece ``<0xNN>`` one byte, control pieces (BOS, EOS, pad) and ``<unk>`` none, and the first
-piece of a document (a token right after EOS or BOS) loses the one space sentencepiece's dummy prefix
-added. Summed over a document's tokens this is exactly ``len(text.encode("utf-8"))`` of the document
-(bigtrain tokenizers do no normalisation), which ``tests/unit/test_eval_bpb.py`` checks.
+with different tokenizers (``Tokenizer.token_bytes``): a normal piece encodes the UTF-8 bytes of its text
+(``▁`` is one space; a byte-level BPE token is mapped back through GPT-2's byte table), a byte-fallback piece
+``<0xNN>`` one byte, special tokens (BOS, EOS, pad) and ``<unk>`` none, and the first piece of a document (a
+token right after EOS or BOS) loses the one space a dummy prefix added (sentencepiece, Metaspace). Summed over
+a document's tokens this is exactly ``len(text.encode("utf-8"))`` of the document for tokenizers that decode
+back to the text (no normalisation), which ``tests/unit/test_eval_bpb.py`` checks for each kind.
 """
 
 from __future__ import annotations
@@ -30,27 +31,13 @@ LN2 = math.log(2.0)
 
 
 class ByteCounter:
-    """UTF-8 bytes encoded by target tokens, for one tokenizer."""
+    """UTF-8 bytes encoded by target tokens, for one tokenizer (either backend: see ``token_bytes``)."""
 
     def __init__(self, tok):
-        sp = tok.sp
-        n = tok.vocab_size
-        table = np.zeros(n, dtype=np.int64)
-        leading_space = np.zeros(n, dtype=bool)
-        for i in range(n):
-            if sp.IsControl(i) or sp.IsUnknown(i):
-                continue
-            if sp.IsByte(i):
-                table[i] = 1
-                continue
-            piece = sp.IdToPiece(i)
-            table[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
-            leading_space[i] = piece.startswith("\u2581")
-        self.table, self.leading_space = table, leading_space
-        probe = sp.EncodeAsPieces("a")
-        self.dummy_prefix = bool(probe) and probe[0].startswith("\u2581")
+        tb = tok.token_bytes()
+        self.table, self.leading_space, self.dummy_prefix = tb.counts, tb.leading_space, tb.prefix_space
         self.doc_starts = np.array(sorted({tok.eos_id, tok.bos_id} - {-1}), dtype=np.int64)
-        self.vocab_size = n
+        self.vocab_size = tok.vocab_size
 
     def target_bytes(self, window: np.ndarray) -> int:
         """Bytes encoded by ``window[1:]`` (the targets of one window)."""

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from bigtrain.eval.heldout import ByteCounter, evaluate_windows
+from bigtrain.tokenizer import load_tokenizer
+from bigtrain.tokenizer.hf_export import generated_texts
+from tests.hf_tokenizers import corpus_docs, make_byte_level_bpe, make_metaspace_bpe
 
 TEXTS = ["Hello world", "  def foo(x):\n    return x ** 2\n", "ünïcödé 你好 🎉 12345", "a  b\tc\n\nd  ", " x", "é"]
 
@@ -30,6 +33,31 @@ def test_token_bytes_sum_to_the_text_bytes(tok):
     covered = len(windows) * L + 1
     want = sum(counter.target_bytes(np.array(stream[j - 1:j + 1])) for j in range(1, covered))
     assert sum(counter.target_bytes(w) for w in windows) == want
+
+
+@pytest.fixture(scope="module")
+def tokenizers_of_each_kind(corpus_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bpb-tok")
+    docs = corpus_docs(300)
+    return {"sentencepiece": corpus_tokenizer,
+            "hf_byte_level": load_tokenizer(make_byte_level_bpe(root / "bl", docs)),
+            "hf_metaspace_byte_fallback": load_tokenizer(make_metaspace_bpe(root / "ms", docs))}
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "hf_byte_level", "hf_metaspace_byte_fallback"])
+def test_token_bytes_of_each_tokenizer_kind(tokenizers_of_each_kind, kind):
+    """On real documents and generated code / whitespace runs / unicode, the bytes of a document's tokens are the
+    UTF-8 bytes of its text (for every document the tokenizer decodes back to itself)."""
+    tok = tokenizers_of_each_kind[kind]
+    counter = ByteCounter(tok)
+    texts = corpus_docs(300) + generated_texts(300) + TEXTS
+    checked = 0
+    for text, ids in zip(texts, tok.encode_batch(texts, eos=True)):
+        if tok.decode(ids) != text:
+            continue  # strings that look like special tokens, a literal ▁: the text is not what the tokens spell
+        assert counter.document_bytes(ids) == len(text.encode("utf-8")), text[:80]
+        checked += 1
+    assert checked >= 450, checked
 
 
 def test_bpb_equals_hand_calculation(tok):
