@@ -31,9 +31,12 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("export-hf", help="export a checkpoint as a Hugging Face LlamaForCausalLM directory",
-                       description="Write a LlamaForCausalLM directory, then load it with transformers and compare "
-                                   "logits with bigtrain's model on a fixed batch; fail above tolerance.")
+    p = sub.add_parser("export-hf", help="export a checkpoint as a Hugging Face model directory (its family's class)",
+                       description="Write a Hugging Face directory of the model family's class (LlamaForCausalLM, "
+                                   "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) with the tokenizer, then "
+                                   "load it with transformers and compare logits with bigtrain's model on a fixed "
+                                   "batch, and the tokenizer's ids on documents of the training data and a built-in "
+                                   "sample; fail above tolerance or on any differing id.")
     p.add_argument("--input", required=True, help="checkpoint (any layout, or consolidated) or run directory")
     p.add_argument("--output", required=True, help="Hugging Face directory to write (atomically)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weight dtype (default fp32)")
@@ -43,16 +46,17 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-hf", help="import a Hugging Face Llama model as a bigtrain checkpoint",
-                       description="Read a LlamaForCausalLM directory (GQA, tied or untied embeddings) and write a "
-                                   "bigtrain checkpoint in the given layout.")
+    p = sub.add_parser("import-hf", help="import a Hugging Face model (Llama, Mistral, Qwen2, Qwen3) as a checkpoint",
+                       description="Read a Hugging Face model directory (model_type llama, mistral, qwen2 or qwen3) "
+                                   "and write a bigtrain checkpoint in the given layout, with the tokenizer files, "
+                                   "chat template and generation_config.json it comes with.")
     p.add_argument("--input", required=True, help="Hugging Face model directory")
     p.add_argument("--output", required=True, help="checkpoint directory to write (atomically)")
     p.add_argument("--tp", type=_positive, default=1)
     p.add_argument("--pp", type=_positive, default=1)
     p.add_argument("--dp", type=_positive, default=1)
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3])
-    p.add_argument("--tokenizer", help="bigtrain tokenizer directory (default: HF_DIR/tokenizer.model if present)")
+    p.add_argument("--tokenizer", help="tokenizer directory to carry instead of the model directory's own")
     p.add_argument("--config", help="YAML recipe for the non-model sections (train, data, ...)")
     p.add_argument("--to", choices=["consolidated"], help="write a consolidated checkpoint instead")
     p.add_argument("--force", action="store_true", help="replace an existing output")

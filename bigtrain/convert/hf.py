@@ -208,10 +208,6 @@ def hf_to_canonical(hf_weights: dict[str, torch.Tensor], cfg: ModelConfig, where
     return out
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
-
-
 def check_import_tokenizer(hf_dir: Path, tokenizer: str | Path | None, cfg: ModelConfig) -> None:
     """Fail before any heavy work if the tokenizer does not load or does not fit the vocabulary."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,20 +220,15 @@ def import_tokenizer(hf_dir: Path, tokenizer: str | Path | None, cfg: ModelConfi
     from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR
     from bigtrain.tokenizer import load_tokenizer
 
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer)
-        files = list(tok.files())
-    else:
-        files = [hf_dir / f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
-        if not any(f.name in ("tokenizer.json", "tokenizer.model") for f in files):
-            return False
-        tok = load_tokenizer(hf_dir)
+    if tokenizer is None and not any((hf_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        return False
+    tok = load_tokenizer(tokenizer if tokenizer is not None else hf_dir)
     if tok.vocab_size > cfg.vocab_size:
         raise BigtrainError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens but config.json vocab_size="
                             f"{cfg.vocab_size}")
     out = dest / TOKENIZER_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
-    for f in files:
+    for f in tok.files():
         shutil.copyfile(f, out / f.name)
     if (hf_dir / GENERATION_CONFIG).is_file():
         shutil.copyfile(hf_dir / GENERATION_CONFIG, out / GENERATION_CONFIG)

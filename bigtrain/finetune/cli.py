@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", help="supervised fine-tuning from a checkpoint or Hugging Face Llama directory",
+    p = sub.add_parser("finetune", help="supervised fine-tuning from a checkpoint or Hugging Face model directory",
                        description="Fine-tune on a jsonl of {prompt, response} or {messages: [{role, content}]} "
                        "records (sft.path); only response tokens carry loss; examples are packed without attention "
                        "across examples (sft.pack). Config: the sections of a training recipe (parallel, train, "
@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sft.path=data.jsonl")
     p.add_argument("--init", required=True, metavar="CKPT_OR_HF_DIR",
                    help="starting weights: a bigtrain run/checkpoint dir (any layout, or consolidated) or a "
-                   "Hugging Face LlamaForCausalLM directory")
+                   "Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3)")
     p.add_argument("--run-dir", required=True, help="output directory (resumes when it holds a checkpoint)")
     p.set_defaults(func=run)
 
