@@ -83,6 +83,9 @@ class HFTokenizer(BaseTokenizer):
         self.pad_id = self._config_token(config, "pad_token")
         self.unk_id = self._config_token(config, "unk_token", self._model_unk)
         self.chat_template = chat_template_of(d, config)
+        # other named specials transformers hands a chat template
+        self._more_specials = {k: str(v.get("content") if isinstance(v, dict) else v)
+                               for k in ("sep_token", "cls_token", "mask_token") if (v := config.get(k))}
         self.sha256 = self._hash()
 
     def _config_token(self, config: dict, key: str, default: str | None = None) -> int:
@@ -104,6 +107,9 @@ class HFTokenizer(BaseTokenizer):
             if f.name in (self._json_file.name, HF_CONFIG_FILE, SPECIAL_MAP_FILE):
                 h.update(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
         return h.hexdigest()
+
+    def special_tokens(self) -> dict[str, str]:
+        return {**self._more_specials, **super().special_tokens()}
 
     # The Rust tokenizer pickles through its JSON; keep the exact text so a worker rebuilds the same object.
     def __getstate__(self) -> dict:

@@ -10,7 +10,10 @@ from its own proto (pieces, scores, byte fallback, normaliser settings) so that 
   ``▁return``), which loses the whitespace pieces a model trained on code has. The regex ``▁+[^▁]*|[^▁]+``
   reproduces sentencepiece's words (``▁[^▁]*|[^▁]+`` when whitespace-only pieces are not allowed);
 * model: BPE with merges ordered by piece score (sentencepiece merges the best-scoring pair first), or Unigram
-  with the same scores; byte fallback as in the model;
+  with the same scores; byte fallback as in the model. BPE (what ``bigtrain tokenizer train`` makes by default)
+  comes out exact; Unigram can still differ where two segmentations score the same (the two Viterbi searches
+  break ties differently) and on a literal "<s>"-like string whose first character the model does not cover;
+* special pieces are never read from the text (``split_special_tokens``), as in sentencepiece;
 * decoder: ``▁`` back to spaces, byte pieces fused, the dummy prefix's space dropped.
 
 ``verify_hf_tokenizer`` is the proof: on a sample of real and generated documents, transformers' ids and decoding
@@ -98,7 +101,11 @@ def sentencepiece_to_tokenizers(tok):
         model = models.BPE(vocab, [(a, b) for *_, a, b in merges], unk_token=pieces[ts.unk_id][0],
                            byte_fallback=byte_fallback, fuse_unk=True)
     elif ts.model_type == pb.TrainerSpec.UNIGRAM:
-        model = models.Unigram([(p, s) for p, s, _ in pieces], unk_id=ts.unk_id, byte_fallback=byte_fallback)
+        # Sentencepiece never matches control, <unk> or byte pieces in the text; the Hugging Face lattice holds every
+        # piece, so give those a score no segmentation picks (an unknown character's penalty is on every path).
+        never = min(s for _, s, t in pieces if t == _NORMAL) - 1e6
+        model = models.Unigram([(p, s if t in (_NORMAL, _USER_DEFINED) else never) for p, s, t in pieces],
+                               unk_id=ts.unk_id, byte_fallback=byte_fallback)
     else:
         raise BigtrainError(f"{tok.path}: sentencepiece model type {pb.TrainerSpec.ModelType.Name(ts.model_type)} "
                             "cannot be exported (expected BPE or UNIGRAM)")

@@ -15,7 +15,7 @@ from bigtrain.data.shard_source import ShardWindowSource
 from bigtrain.data.shards import read_shard
 from bigtrain.tokenizer import load_tokenizer
 from bigtrain.tokenizer.hf_export import generated_texts
-from tests.helpers import REPO, bigtrain
+from tests.helpers import REPO, TINY, bigtrain
 from tests.hf_tokenizers import corpus_docs, make_big_word_level, make_byte_level_bpe, make_metaspace_bpe
 
 CORPUS = str(REPO / "data" / "python-docs.jsonl.gz")
@@ -74,7 +74,8 @@ def test_big_vocabulary_needs_eos_token_then_stores_uint32(ray_local, setup, tmp
     proc = bigtrain("preprocess", "--input", setup["input"], "--tokenizer", str(setup["big"]), "--output", str(out),
                     check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
-    assert proc.stderr.startswith("bigtrain: error: ") and "no EOS token" in proc.stderr and "--eos-token" in proc.stderr
+    assert proc.stderr.startswith("bigtrain: error: ") and "no EOS token" in proc.stderr
+    assert "--eos-token" in proc.stderr
     assert not out.exists()
     m = preprocess([setup["input"]], str(setup["big"]), str(out), num_shards=2, heldout_fraction=0, workers=2,
                    quiet=True, eos_token="<eos>")
@@ -89,6 +90,15 @@ def test_big_vocabulary_needs_eos_token_then_stores_uint32(ray_local, setup, tmp
         stream += [i for ids in tok.encode_batch([by_key[k] for k in keys], eos=True) for i in ids]
     L = 64
     src = ShardWindowSource(out, L, seed=0, split="train", shuffle_buffer=0, vocab_size=tok.vocab_size)
+    # training on it: the run's tokenizer takes the dataset's EOS; a model vocabulary below the tokenizer's fails
+    from bigtrain.config.job import load_job_config
+    from bigtrain.errors import BigtrainError
+    from bigtrain.train.trainer import resolve_tokenizer
+
+    job = load_job_config(TINY, [f"data.path={out}", f"model.vocab_size={tok.vocab_size}"])
+    assert resolve_tokenizer(job).eos_id == 1
+    with pytest.raises(BigtrainError, match=f"has {tok.vocab_size} tokens but model.vocab_size=65536"):
+        resolve_tokenizer(load_job_config(TINY, [f"data.path={out}", "model.vocab_size=65536"]))
     assert src.n_windows == (len(stream) - 1) // L
     for i in range(src.n_windows):
         assert src.window(i).tolist() == stream[i * L:i * L + L + 1]
