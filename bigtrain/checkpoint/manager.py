@@ -127,7 +127,7 @@ class CheckpointManager:
         self.root = checkpoints_root(run_dir)
         self.keep = keep
 
-    def save(self, engine, step: int, meta: dict[str, Any], tokenizer_dir: str | Path | None = None) -> Path:
+    def save(self, engine, step: int, meta: dict[str, Any], tokenizer_files: list[Path] | None = None) -> Path:
         """Collective: every rank calls it. Returns the checkpoint directory."""
         tag = tag_for(step)
         ckpt_dir = self.root / tag
@@ -148,10 +148,10 @@ class CheckpointManager:
         hashed: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(hashed, mine)
         if rank == 0:
-            if tokenizer_dir is not None:
-                src = Path(tokenizer_dir)
-                src = src if src.is_dir() else src.parent
-                shutil.copytree(src, ckpt_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+            if tokenizer_files:  # the files, not their directory: that may be a whole Hugging Face model's
+                (ckpt_dir / TOKENIZER_SUBDIR).mkdir(exist_ok=True)
+                for f in tokenizer_files:
+                    shutil.copyfile(f, ckpt_dir / TOKENIZER_SUBDIR / Path(f).name)
             known = {k: v for d in hashed for k, v in d.items()}
             atomic_write_json(ckpt_dir / META_FILE, {**meta, "step": step, "bigtrain_version": __version__,
                                                      "saved_at": time.time(), "save_seconds": time.time() - t0,

@@ -16,13 +16,10 @@ from bigtrain.convert.checkpoint_io import _progress, atomic_dir, model_config, 
 from bigtrain.errors import BigtrainError
 from bigtrain.io import read_json
 from bigtrain.model.config import ModelConfig
+from bigtrain.tokenizer.base import GENERATION_CONFIG
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LOGIT_TOL = 1e-4
-
-
-# Files that travel with an imported model besides the tokenizer's own (written back unchanged on export).
-GENERATION_CONFIG = "generation_config.json"
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -85,7 +82,7 @@ def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokeni
         raise BigtrainError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     weights, meta, ckpt = read_weights(input)
     cfg = model_config(meta, ckpt)
-    tok_path = Path(tokenizer) if tokenizer else (ckpt / meta["tokenizer"] if meta.get("tokenizer") else None)
+    tok_path = Path(tokenizer) if tokenizer else (ckpt if meta.get("tokenizer") else None)
     tok = load_tokenizer(tok_path) if tok_path is not None else None
     if tok is not None and tok.vocab_size > cfg.vocab_size:
         raise BigtrainError(f"{tok_path}: tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "
@@ -98,7 +95,7 @@ def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokeni
         conf = cfg.arch.to_hf_config(cfg, *((tok.bos_id, tok.eos_id, tok.pad_id) if tok else (None, None, None)))
         conf.dtype = "bfloat16" if dtype == "bf16" else "float32"
         conf.save_pretrained(str(tmp))
-        write_generation_config(tmp, conf, cfg, tok_path)
+        write_generation_config(tmp, conf, cfg, tok)
         save_sharded(hf_tensors, tmp, max_shard_size)
         if tok is not None:
             report["tokenizer_documents_checked"] = export_tokenizer(tok, tmp, cfg.seq_len, meta)
@@ -113,13 +110,13 @@ def export_hf(input: str | Path, output: str | Path, dtype: str = "fp32", tokeni
     return report
 
 
-def write_generation_config(out: Path, conf, cfg: ModelConfig, tok_path: Path | None) -> None:
+def write_generation_config(out: Path, conf, cfg: ModelConfig, tok) -> None:
     """The imported model's generation_config.json unchanged when it came with the tokenizer, else a greedy one."""
     from transformers import GenerationConfig
 
-    carried = None if tok_path is None else (tok_path if tok_path.is_dir() else tok_path.parent) / GENERATION_CONFIG
-    if carried is not None and carried.is_file():
-        shutil.copyfile(carried, out / GENERATION_CONFIG)
+    carried = [f for f in (tok.carried_files() if tok is not None else []) if f.name == GENERATION_CONFIG]
+    if carried:
+        shutil.copyfile(carried[0], out / GENERATION_CONFIG)
         return
     GenerationConfig(bos_token_id=conf.bos_token_id, eos_token_id=conf.eos_token_id, pad_token_id=conf.pad_token_id,
                      do_sample=False, max_length=cfg.seq_len).save_pretrained(str(out))
@@ -138,30 +135,21 @@ def export_tokenizer(tok, out: Path, model_max_length: int, meta: dict[str, Any]
 
 def training_documents(meta: dict[str, Any], limit: int) -> list[str]:
     """Up to ``limit`` documents of the raw inputs the checkpoint's datasets were preprocessed from."""
-    from bigtrain.data.readers import iter_documents
+    from bigtrain.tokenizer.hf_export import documents_of
 
     paths = (meta.get("config") or {}).get("data", {}).get("path") or []
-    inputs = []
+    inputs: list[Path] = []
+    text_field = "text"
     for p in paths if isinstance(paths, list) else [paths]:
         manifest = Path(str(p)) / "manifest.json"
         if manifest.is_file():
             try:
-                inputs += [Path(r["path"]) for r in read_json(manifest).get("inputs", [])]
+                m = read_json(manifest)
+                inputs += [Path(r["path"]) for r in m.get("inputs", [])]
+                text_field = m.get("text_field", text_field)
             except (BigtrainError, KeyError, TypeError):
                 continue
-    texts: list[str] = []
-    for f in inputs:
-        if not f.is_file():
-            continue
-        try:
-            for text, _ in iter_documents(f, "text"):
-                if text:
-                    texts.append(text)
-                if len(texts) >= limit:
-                    return texts
-        except BigtrainError:
-            continue
-    return texts
+    return documents_of(inputs, limit, text_field)
 
 
 # ------------------------------------------------------------------------------------------- import

@@ -51,7 +51,7 @@ def run_generate(args) -> int:
             [{"role": "user", "content": args.prompt}]
         shown = tok.apply_chat_template(messages, add_generation_prompt=True)
         prompt = tok.encode(shown)  # the template places BOS itself
-        stop |= generation_eos_ids(tok.path)
+        stop |= generation_eos_ids(tok)
     else:
         shown = args.prompt
         prompt = tok.encode(args.prompt, bos=not args.no_bos)
@@ -67,19 +67,17 @@ def run_generate(args) -> int:
     return 0
 
 
-def generation_eos_ids(tok_path) -> set[int]:
+def generation_eos_ids(tok) -> set[int]:
     """EOS ids of the generation_config.json imported with the model (Llama 3 lists several end-of-turn ids)."""
     import json
-    from pathlib import Path
 
-    from bigtrain.convert.hf import GENERATION_CONFIG
+    from bigtrain.tokenizer.base import GENERATION_CONFIG
 
-    if tok_path is None:
-        return set()
-    p = Path(tok_path)
-    f = (p if p.is_dir() else p.parent) / GENERATION_CONFIG
-    try:
-        ids = json.loads(f.read_text()).get("eos_token_id") if f.is_file() else None
-    except ValueError:
-        return set()
-    return {int(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)}
+    for f in tok.carried_files():
+        if f.name == GENERATION_CONFIG:
+            try:
+                ids = json.loads(f.read_text()).get("eos_token_id")
+            except ValueError:
+                return set()
+            return {int(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)}
+    return set()

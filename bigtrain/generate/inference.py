@@ -65,7 +65,7 @@ def load_tokenizer_from_checkpoint(ckpt: Path, meta: dict[str, Any]):
 
     sub = meta.get("tokenizer")
     if sub and (ckpt / sub).is_dir():
-        return load_tokenizer(ckpt / sub)
+        return load_tokenizer(ckpt)
     return None
 
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from bigtrain.errors import BigtrainError
 
+GENERATION_CONFIG = "generation_config.json"
+
 
 @dataclass(frozen=True)
 class TokenBytes:
@@ -66,6 +68,12 @@ class BaseTokenizer:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    def carried_files(self) -> list[Path]:
+        """What a checkpoint's or an export's copy of the tokenizer holds: its files, and the
+        generation_config.json an imported model brought, kept beside them so the two travel together."""
+        extra = [d / GENERATION_CONFIG for d in {f.parent for f in self.files()} if (d / GENERATION_CONFIG).is_file()]
+        return self.files() + extra[:1]
+
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return self.encode_batch([text], bos, eos)[0]
 

@@ -142,15 +142,20 @@ def sample_texts(tok, n: int = 300) -> list[str]:
 
 
 def training_texts(tok, n: int) -> list[str]:
+    trained = (getattr(tok, "meta", None) or {}).get("trained_on") or {}
+    return documents_of([Path(p) for p in trained.get("inputs") or []], n, trained.get("text_field", "text"))
+
+
+def documents_of(inputs: list[Path], n: int, text_field: str = "text") -> list[str]:
+    """Up to ``n`` documents spread over the readable ``inputs`` (raw jsonl / parquet / text files)."""
     from bigtrain.data.readers import iter_documents
 
-    trained = (getattr(tok, "meta", None) or {}).get("trained_on") or {}
-    inputs = [Path(p) for p in trained.get("inputs") or [] if Path(p).is_file()]
+    inputs = [p for p in inputs if p.is_file()]
     texts: list[str] = []
     for k, path in enumerate(inputs):
         want = (n - len(texts)) // (len(inputs) - k)  # spread over the inputs
         try:
-            for text, _reason in iter_documents(path, trained.get("text_field", "text")):
+            for text, _reason in iter_documents(path, text_field):
                 if len(texts) >= n or want <= 0:
                     break
                 if text:

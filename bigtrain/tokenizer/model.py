@@ -203,7 +203,10 @@ def _load_from_checkpoint(p: Path) -> BaseTokenizer:
     from bigtrain.checkpoint.manager import read_meta, resolve_checkpoint
 
     ckpt = resolve_checkpoint(p)
-    sub = read_meta(ckpt).get("tokenizer")
+    meta = read_meta(ckpt)
+    sub = meta.get("tokenizer")
     if not sub:
         raise BigtrainError(f"{p}: the checkpoint {ckpt.name} carries no tokenizer (no \"tokenizer\" in bigtrain.json)")
-    return _load(ckpt / sub, follow_checkpoint=False)
+    tok = _load(ckpt / sub, follow_checkpoint=False)
+    eos = meta.get("tokenizer_eos")  # training's EOS, when --eos-token named one the files do not
+    return tok.with_eos(eos) if eos and tok.token_to_id(eos) != tok.eos_id else tok

@@ -79,7 +79,7 @@ def init_tokenizer_dir(init: Path, kind: str, cfg, run_dir: Path) -> Path | None
 
         ckpt, meta = open_checkpoint(init)
         sub = meta.get("tokenizer")
-        return (ckpt / sub) if sub and (ckpt / sub).is_dir() else None
+        return ckpt if sub and (ckpt / sub).is_dir() else None  # load_tokenizer(ckpt) keeps training's EOS
     dest = run_dir / INIT_TOKENIZER
     if dest.is_dir():  # renamed into place whole, so present means complete
         return dest

@@ -297,6 +297,9 @@ class Trainer:
                 "consumed_tokens": self.step * self.tokens_per_step,
                 "consumed_samples": self.step * self.job.train.global_batch_size,
                 "tokenizer": TOKENIZER_SUBDIR if self.tokenizer else None,
+                # the EOS training used, which --eos-token may have chosen over the tokenizer files' own
+                "tokenizer_eos": self.tokenizer.id_to_piece(self.tokenizer.eos_id)
+                if self.tokenizer and self.tokenizer.eos_id >= 0 else None,
                 "skipped_steps": self.skipped_steps,
                 "layout": self.layout()}
 
@@ -307,7 +310,7 @@ class Trainer:
 
     def save(self) -> Path:
         ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),
-                                     tokenizer_dir=self.tokenizer.path if self.tokenizer else None)
+                                     tokenizer_files=self.tokenizer.carried_files() if self.tokenizer else None)
         if self.info.rank == 0:
             print(f"saved checkpoint {ckpt}", flush=True)
         for cb in self.callbacks:
