@@ -20,6 +20,18 @@ def corpus_tokenizer(corpus_tokenizer_dir):
     return load_tokenizer(corpus_tokenizer_dir)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray with 2 CPUs for one test module's in-process preprocessing."""
+    import ray
+
+    from bigtrain.data.preprocess import init_local_ray
+
+    init_local_ray(2)
+    yield ray
+    ray.shutdown()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -85,7 +85,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 def rotary_cos_sin(seq_len: int, inv_freq: torch.Tensor, device, dtype, offset: int = 0):
     t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, inv_freq.to(device))
+    freqs = torch.outer(t, inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -188,6 +188,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         offset = kv_cache.length if kv_cache is not None else 0
+        if self.inv_freq.device != x.device:  # moved once, not copied to the GPU in every step
+            self.inv_freq = self.inv_freq.to(x.device)
         cos, sin = rotary_cos_sin(s, self.inv_freq, x.device, q.dtype, offset)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigtrain.data.preprocess import doc_key, init_local_ray, preprocess
+from bigtrain.data.preprocess import doc_key, preprocess
 from bigtrain.data.shard_source import ShardWindowSource
 from bigtrain.data.shards import read_shard
 from bigtrain.tokenizer import load_tokenizer
@@ -19,15 +19,6 @@ from tests.helpers import REPO, TINY, bigtrain
 from tests.hf_tokenizers import corpus_docs, make_big_word_level, make_byte_level_bpe, make_metaspace_bpe
 
 CORPUS = str(REPO / "data" / "python-docs.jsonl.gz")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    init_local_ray(2)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,12 @@ import pytest
 import zstandard
 
 from bigtrain.data import readers
-from bigtrain.data.preprocess import doc_key, init_local_ray, preprocess
+from bigtrain.data.preprocess import doc_key, preprocess
 from bigtrain.data.shards import read_shard
 from bigtrain.tokenizer import load_tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data" / "python-docs.jsonl.gz"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    init_local_ray(2)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
