@@ -162,7 +162,7 @@ def _write_body(out_dir: str, rel: str, fingerprint: str, *buckets) -> dict:
     data = shard_bytes(samples)
     target = Path(out_dir) / rel
     atomic_write(target, data)
-    info = {"path": rel, "split": rel.split("/")[0], "samples": len(samples),
+    info = {"path": rel, "split": rel.split("/")[0], "samples": len(samples), "bytes": len(data),
             "tokens": int(sum(len(t) for _, t in samples)), "sha256": hashlib.sha256(data).hexdigest(),
             "written": dict(written), "duplicates": dict(dups), "fingerprint": fingerprint}
     state = Path(out_dir) / STATE_DIR / (rel.replace("/", "-") + ".json")
@@ -384,7 +384,7 @@ def _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout
             stats[path]["written"] += c
         for path, c in info["duplicates"].items():
             stats[path]["skips"][DUPLICATE] += c
-    shards = [{k: infos[s][k] for k in ("path", "split", "samples", "tokens", "sha256")} for s in range(n)]
+    shards = [{k: infos[s][k] for k in ("path", "split", "samples", "bytes", "tokens", "sha256")} for s in range(n)]
     input_rows = []
     for f in files:
         st = stats[str(f)]

@@ -46,9 +46,13 @@ class ShardWindowSource:
                                 + (" (preprocess with --heldout-fraction > 0)" if split == "heldout" else ""))
         self.paths = [self.directory / s["path"] for s in shards]
         self.shard_tokens = np.array([s["tokens"] for s in shards], dtype=np.int64)
-        for p in self.paths:
+        self.sha256 = [s.get("sha256") for s in shards]
+        self._verified: set[int] = set()  # shards whose bytes this process has checked against sha256
+        for p, s in zip(self.paths, shards):
             if not p.is_file():
                 raise BigtrainError(f"{p}: shard listed in the manifest is missing")
+            if s.get("bytes") is not None and p.stat().st_size != s["bytes"]:
+                raise BigtrainError(f"{p}: shard has {p.stat().st_size} bytes, the manifest says {s['bytes']}")
         self.total_tokens = int(self.shard_tokens.sum())
         self.n_windows = (self.total_tokens - 1) // self.seq_len
         if self.n_windows < 1:
@@ -101,7 +105,9 @@ class ShardWindowSource:
     def _shard(self, i: int) -> np.ndarray:
         arr = self._cache.get(i)
         if arr is None:
-            _keys, _lengths, arr = read_shard(self.paths[i])
+            # Hashing costs one pass over bytes already in memory, once per shard and process.
+            _keys, _lengths, arr = read_shard(self.paths[i], None if i in self._verified else self.sha256[i])
+            self._verified.add(i)
             if len(arr) != self.shard_tokens[i]:
                 raise BigtrainError(f"{self.paths[i]}: holds {len(arr)} tokens, the manifest says "
                                     f"{self.shard_tokens[i]}")

@@ -11,6 +11,7 @@ whenever their documents are. Any WebDataset reader can open them (``.npy`` deco
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -54,8 +55,9 @@ def shard_bytes(samples: list[tuple[str, np.ndarray]]) -> bytes:
 atomic_write = atomic_write_bytes  # the name preprocessing uses
 
 
-def read_shard(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Decode a shard: (keys, document lengths int64, all tokens concatenated in shard order).
+def read_shard(path: str | Path, sha256: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Decode a shard: (keys, document lengths int64, all tokens concatenated in shard order); with ``sha256``,
+    the bytes read are checked against it first (a shard changed since preprocessing is refused).
 
     Parses the tar headers directly (one pass over the bytes, no per-member file objects), which is
     what keeps the loader well above 20 M tokens/s.
@@ -65,6 +67,9 @@ def read_shard(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         buf = path.read_bytes()
     except OSError as e:
         raise BigtrainError(f"{path}: cannot read shard ({e.strerror})") from None
+    if sha256 is not None and hashlib.sha256(buf).hexdigest() != sha256:
+        raise BigtrainError(f"{path}: shard's sha256 is not the one in the manifest; it changed after "
+                            "preprocessing (re-run `bigtrain preprocess`)")
     mv = memoryview(buf)
     keys: list[str] = []
     pieces: list[np.ndarray] = []

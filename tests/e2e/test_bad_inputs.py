@@ -86,6 +86,25 @@ def case_shard_truncated(good, tmp):
              "train.max_steps=200"], shard.name)
 
 
+def case_shard_bytes_flipped(good, tmp):
+    d = _copy(good / "data", tmp / "data")
+    shard = sorted((d / "train").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other tokens: only the manifest's sha256 can tell
+    data[len(data) // 2 + 1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return (["train", TINY, "--run-dir", str(tmp / "r"), f"data.path={d}", "model.vocab_size=512",
+             "train.max_steps=200"], f"{shard.name}: shard's sha256 is not the one in the manifest")
+
+
+def case_shard_missing(good, tmp):
+    d = _copy(good / "data", tmp / "data")
+    shard = sorted((d / "train").glob("*.tar"))[-1]
+    shard.unlink()
+    return (["train", TINY, "--run-dir", str(tmp / "r"), f"data.path={d}", "model.vocab_size=512"],
+            f"{shard.name}: shard listed in the manifest is missing")
+
+
 def case_vocab_too_small_for_data(good, tmp):
     return (["train", TINY, "--run-dir", str(tmp / "r"), f"data.path={good / 'data'}", "model.vocab_size=256"],
             "model.vocab_size")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -29,7 +30,8 @@ def make_dataset(root, n_docs=300, n_shards=5, vocab=1000, seed=0, tok_sha="t" *
             data = shard_bytes(part)
             (root / rel).write_bytes(data)
             shards.append({"path": rel, "split": split, "samples": len(part),
-                           "tokens": int(sum(len(d) for _, d in part)), "sha256": "x"})
+                           "tokens": int(sum(len(d) for _, d in part)),
+                           "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {"format": FORMAT, "tokenizer": {"vocab_size": vocab, "sha256": tok_sha}, "shards": shards}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
