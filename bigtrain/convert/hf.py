@@ -114,9 +114,9 @@ def write_generation_config(out: Path, conf, cfg: ModelConfig, tok) -> None:
     """The imported model's generation_config.json unchanged when it came with the tokenizer, else a greedy one."""
     from transformers import GenerationConfig
 
-    carried = [f for f in (tok.carried_files() if tok is not None else []) if f.name == GENERATION_CONFIG]
-    if carried:
-        shutil.copyfile(carried[0], out / GENERATION_CONFIG)
+    carried = tok.generation_config_file() if tok is not None else None
+    if carried is not None:
+        shutil.copyfile(carried, out / GENERATION_CONFIG)
         return
     GenerationConfig(bos_token_id=conf.bos_token_id, eos_token_id=conf.eos_token_id, pad_token_id=conf.pad_token_id,
                      do_sample=False, max_length=cfg.seq_len).save_pretrained(str(out))

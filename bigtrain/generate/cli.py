@@ -71,13 +71,9 @@ def generation_eos_ids(tok) -> set[int]:
     """EOS ids of the generation_config.json imported with the model (Llama 3 lists several end-of-turn ids)."""
     import json
 
-    from bigtrain.tokenizer.base import GENERATION_CONFIG
-
-    for f in tok.carried_files():
-        if f.name == GENERATION_CONFIG:
-            try:
-                ids = json.loads(f.read_text()).get("eos_token_id")
-            except ValueError:
-                return set()
-            return {int(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)}
-    return set()
+    f = tok.generation_config_file()
+    try:
+        ids = json.loads(f.read_text()).get("eos_token_id") if f is not None else None
+    except ValueError:
+        return set()
+    return {int(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)}

@@ -68,11 +68,15 @@ class BaseTokenizer:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    def generation_config_file(self) -> Path | None:
+        """The generation_config.json an imported model brought, kept beside the tokenizer's files."""
+        found = [d / GENERATION_CONFIG for d in {f.parent for f in self.files()} if (d / GENERATION_CONFIG).is_file()]
+        return found[0] if found else None
+
     def carried_files(self) -> list[Path]:
-        """What a checkpoint's or an export's copy of the tokenizer holds: its files, and the
-        generation_config.json an imported model brought, kept beside them so the two travel together."""
-        extra = [d / GENERATION_CONFIG for d in {f.parent for f in self.files()} if (d / GENERATION_CONFIG).is_file()]
-        return self.files() + extra[:1]
+        """What a checkpoint's copy of the tokenizer holds: its files and the model's generation config."""
+        gen = self.generation_config_file()
+        return self.files() + ([gen] if gen else [])
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return self.encode_batch([text], bos, eos)[0]
