@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import os
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,79 @@ def shard_bytes(samples: list[tuple[str, np.ndarray]]) -> bytes:
 
 
 atomic_write = atomic_write_bytes  # the name preprocessing uses
+
+
+def _member_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def _npy_header(dtype: np.dtype, n: int) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                               "shape": (n,)})
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Streams samples into a shard file, byte-identical to :func:`shard_bytes` of the same samples, without
+    holding the shard in memory. Written to a temporary name, hashed as it goes, fsync-ed and renamed on
+    :meth:`close`; :meth:`abort` (or an exception inside ``with``) leaves nothing at ``path``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        self._fh = open(self._tmp, "wb")
+        self._sha = hashlib.sha256()
+        self.bytes = self.samples = self.tokens = 0
+
+    def _put(self, data) -> None:
+        self._fh.write(data)
+        self._sha.update(data)
+        self.bytes += len(data)
+
+    def add(self, key: str, tokens: np.ndarray) -> None:
+        body = _npy_header(tokens.dtype, len(tokens))
+        size = len(body) + tokens.nbytes
+        self._put(_member_header(key + SUFFIX, size))
+        self._put(body)
+        self._put(memoryview(np.ascontiguousarray(tokens)).cast("B"))
+        pad = -size % tarfile.BLOCKSIZE
+        if pad:
+            self._put(b"\0" * pad)
+        self.samples += 1
+        self.tokens += len(tokens)
+
+    def close(self) -> str:
+        """Finish the archive the way :mod:`tarfile` does (two zero blocks, padded to a whole record); returns
+        the sha256 of the file."""
+        end = 2 * tarfile.BLOCKSIZE
+        self._put(b"\0" * (end + (-(self.bytes + end) % tarfile.RECORDSIZE)))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        return self._sha.hexdigest()
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, *_exc) -> None:
+        if kind is not None:
+            self.abort()
+
+
+def shard_file_bytes(token_bytes: int) -> int:
+    """Bytes one sample of ``token_bytes`` bytes of tokens takes in a shard (header, .npy header, padding)."""
+    return tarfile.BLOCKSIZE + -(-(128 + token_bytes) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def read_shard(path: str | Path, sha256: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
