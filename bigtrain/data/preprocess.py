@@ -1,23 +1,28 @@
-"""``bigtrain preprocess``: raw text → tokenized WebDataset shards, scheduled as Ray tasks.
+"""``bigtrain preprocess``: raw text → tokenized WebDataset shards, scheduled as Ray tasks, streaming.
 
-Pipeline (all Ray tasks; the driver only routes object references and prints progress):
+Two phases, both Ray tasks; the driver holds only per-chunk statistics and never touches document text.
 
-1. ``_read`` (one streaming task per input, 0.1 CPU): yields batches of documents (~1 MB of text)
-   with the per-document skip reasons counted.
-2. ``_tokenize`` (0.9 CPU): hashes each document (sha256 of its UTF-8 text → key), picks its split
-   (held out when the key's second half, read as a fraction, is below ``heldout_fraction``) and its
-   shard (key modulo the split's shard count), encodes it with the tokenizer (unpickled once per worker)
-   and appends EOS (the tokenizer's, or ``--eos-token``). It returns one bucket per shard, so each
-   writer fetches only its own documents.
-3. ``_write`` (0.9 CPU, one per shard): gathers its buckets, sorts by (key, input path, index in
-   input), drops exact duplicates (same key: the first is kept, the others are counted as skipped
-   ``duplicate``) and writes the tar to a temporary name, then renames it.
+1. **Tokenize** (one task per input chunk, see :mod:`bigtrain.data.chunks`): read the chunk's documents,
+   key each by the sha256 of its UTF-8 text, pick its split from the key (held out when the key's second
+   half, read as a fraction, is below ``heldout_fraction``), encode it and append EOS. The chunk's documents
+   are sorted by (split, key) and written to run files under ``DIR/.work`` (a new run every
+   :data:`RUN_BYTES` of tokens, so a task's memory does not grow with its chunk), with a table of where each
+   of the 2**16 key buckets starts. The task returns one small object: counts, and the shard-file bytes per
+   key bucket.
+2. **Write** (one task per shard): shards are key ranges. From the summed bucket sizes the driver cuts each
+   split's key space into ranges of about ``--shard-size`` bytes (or ``--num-shards`` equal ones). A shard's
+   writer reads its key range from every run (a slice of each, found through the bucket table), merges by
+   key, drops exact duplicates (same key; the first in input order is kept, the others are counted as
+   skipped ``duplicate``) and streams the tar to disk.
 
-Nothing in the output depends on the number of workers, the order of the inputs or the order in
-which tasks finish, so the output is byte-identical across such runs. ``manifest.json`` is written
-last (also by rename), and removed when a run starts, so a crashed run never looks complete.
-A re-run over the same output keeps every shard whose state record (``.state/``) matches this run's
-fingerprint (tokenizer, inputs' paths and sha256, options) and whose sha256 still verifies.
+A shard's content is therefore a function of the set of documents alone, so the output is byte-identical for
+any number of workers or nodes, any input order and any chunk size; exact duplicates are removed corpus-wide
+without a shuffle of text through Ray (both copies of a document share a key, hence a shard).
+
+Resume: each finished chunk leaves a record (``DIR/.state/chunks``) beside its run files, and each shard a
+record (``DIR/.state``) with its sha256. A re-run over the same output redoes only chunks without both, and
+rewrites only shards that do not verify. ``manifest.json`` is removed when a run starts and written last (by
+rename), so a crashed run never looks complete; the run files are removed after it.
 """
 
 from __future__ import annotations
@@ -25,74 +30,91 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
+import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bigtrain.data import readers
-from bigtrain.data.shards import (FORMAT, MANIFEST, atomic_write, sha256_file, shard_bytes, token_dtype)
+from bigtrain.data.chunks import Chunk, auto_chunk_bytes, iter_chunk, plan_chunks
+from bigtrain.data.runs import Run, write_run
+from bigtrain.data.shards import (FORMAT, MANIFEST, ShardWriter, atomic_write, sha256_file, shard_file_bytes,
+                                  token_dtype)
 from bigtrain.errors import BigtrainError
 
-BATCH_BYTES = 1 << 20
+BATCH_BYTES = 1 << 20  # text encoded per tokenizer call
+RUN_BYTES = 256 << 20  # tokens a chunk task holds before it writes them out as one sorted run
+DEFAULT_SHARD_SIZE = 256 << 20
+BUCKETS = 1 << 16  # key buckets the shard cuts are chosen from (by the key's first 16 bits)
 DUPLICATE = "duplicate"
 STATE_DIR = ".state"
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    split: str
-    index: int
-    count: int
-
-    @property
-    def rel(self) -> str:
-        return f"{self.split}/shard-{self.index:05d}.tar"
-
-
-def plan_shards(num_shards: int, heldout_fraction: float) -> list[ShardPlan]:
-    n_held = 0 if heldout_fraction <= 0 else max(1, int(np.ceil(num_shards * heldout_fraction)))
-    return ([ShardPlan("train", i, num_shards) for i in range(num_shards)]
-            + [ShardPlan("heldout", i, n_held) for i in range(n_held)])
+WORK_DIR = ".work"
+SPLITS = ("train", "heldout")
 
 
 def doc_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def route(key: str, heldout_fraction: float, num_train: int, num_heldout: int) -> int:
-    """Index into plan_shards(...) of the shard that holds the document with this key."""
-    if num_heldout and int(key[16:32], 16) / float(1 << 64) < heldout_fraction:
-        return num_train + int(key[:16], 16) % num_heldout
-    return int(key[:16], 16) % num_train
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-# ---------------------------------------------------------------- tasks (bodies; wrapped by ray.remote)
-def _read_body(path: str, text_field: str, batch_bytes: int):
-    texts: list[str] = []
-    idx: list[int] = []
-    skips: Counter = Counter()
-    read = size = 0
-    for i, (text, reason) in enumerate(readers.iter_documents(path, text_field)):
-        read += 1
-        if text is None:
-            skips[reason] += 1
-        else:
-            texts.append(text)
-            idx.append(i)
-            size += len(text)
-        if size >= batch_bytes:
-            yield {"path": path, "texts": texts, "idx": idx, "read": read, "skips": dict(skips)}
-            texts, idx, skips, read, size = [], [], Counter(), 0, 0
-    if read or texts:
-        yield {"path": path, "texts": texts, "idx": idx, "read": read, "skips": dict(skips)}
+def parse_size(text: str | int, what: str) -> int:
+    """``"256MB"``, ``"1GiB"``, ``"500k"`` or a number of bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise BigtrainError(f"{what} {text}: expected a size such as 256MB, 1GiB or 1000000")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 1:
+        raise BigtrainError(f"{what} {text}: must be at least 1 byte")
+    return value
 
 
+@dataclass(frozen=True)
+class ShardSpec:
+    split: str
+    index: int
+    lo: int  # key buckets [lo, hi)
+    hi: int
+
+    @property
+    def rel(self) -> str:
+        return f"{self.split}/shard-{self.index:05d}.tar"
+
+    @property
+    def state(self) -> str:
+        return f"{STATE_DIR}/{self.split}-shard-{self.index:05d}.json"
+
+
+def cut_key_space(bucket_bytes: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """``n`` ranges of buckets ``[lo, hi)`` covering all of them, each holding as near 1/n of the bytes as
+    bucket boundaries allow."""
+    cum = np.concatenate([[0], np.cumsum(bucket_bytes, dtype=np.int64)])
+    total = int(cum[-1])
+    bounds = [0]
+    for j in range(1, n):
+        t = total * j / n
+        b = int(np.searchsorted(cum, t))
+        if b > 0 and t - cum[b - 1] < cum[b] - t:
+            b -= 1
+        bounds.append(min(BUCKETS, max(b, bounds[-1])))
+    bounds.append(BUCKETS)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+# ---------------------------------------------------------------- tokenize task
 _TOKENIZERS: dict[str, Any] = {}  # per worker process: the run's tokenizer, unpickled once
 
 
@@ -112,192 +134,551 @@ def _worker_tokenizer(handle: tuple):
     return tok
 
 
-def _tokenize_body(batch: dict, tok_handle: tuple, heldout_fraction: float, num_train: int, num_heldout: int,
-                   skip_shards: frozenset, dtype_str: str):
-    tok = _worker_tokenizer(tok_handle)
-    n = num_train + num_heldout
-    keys = [doc_key(t) for t in batch["texts"]]
-    dest = [route(k, heldout_fraction, num_train, num_heldout) for k in keys]
-    todo = [j for j, s in enumerate(dest) if s not in skip_shards]
-    encoded = tok.encode_batch([batch["texts"][j] for j in todo], eos=True) if todo else []
-    per_shard: list[list[int]] = [[] for _ in range(n)]
-    enc_of = {}
-    for j, ids in zip(todo, encoded):
-        enc_of[j] = ids
-        per_shard[dest[j]].append(j)
-    buckets = []
-    tokens_total = 0
-    for s in range(n):
-        js = per_shard[s]
-        lengths = np.array([len(enc_of[j]) for j in js], dtype=np.int64)
-        flat = np.fromiter(itertools.chain.from_iterable(enc_of[j] for j in js), dtype=dtype_str,
-                           count=int(lengths.sum()))
-        tokens_total += len(flat)
-        buckets.append({"path": batch["path"], "keys": [keys[j] for j in js],
-                        "idx": np.array([batch["idx"][j] for j in js], dtype=np.int64),
-                        "lengths": lengths, "tokens": flat})
-    stats = {"path": batch["path"], "read": batch["read"], "skips": batch["skips"], "tokens": tokens_total,
-             "docs": len(keys), "bytes": sum(len(t) for t in batch["texts"])}
-    return (*buckets, stats)
+class _RunBuilder:
+    """Accumulates a chunk's encoded documents and writes them as sorted runs."""
 
+    def __init__(self, ctx: dict, chunk: Chunk):
+        self.ctx, self.chunk = ctx, chunk
+        self.dtype = np.dtype(ctx["dtype"])
+        self.threshold = ctx["heldout_fraction"] * float(1 << 64)
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "src", "pos", "len", "tokens")}
+        self.held = 0
+        self.runs: list[str] = []
+        self.run_bytes: list[int] = []
+        self.hist: list[tuple[np.ndarray, np.ndarray]] = []
+        self.docs = self.tokens = 0
 
-def _write_body(out_dir: str, rel: str, fingerprint: str, *buckets) -> dict:
-    docs = []  # (key, path, idx, tokens)
-    for b in buckets:
-        offsets = np.concatenate([[0], np.cumsum(b["lengths"])])
-        for k, key in enumerate(b["keys"]):
-            docs.append((key, b["path"], int(b["idx"][k]), b["tokens"][offsets[k]:offsets[k + 1]]))
-    docs.sort(key=lambda d: (d[0], d[1], d[2]))
-    samples = []
-    written: Counter = Counter()
-    dups: Counter = Counter()
-    last = None
-    for key, path, _idx, toks in docs:
-        if key == last:
-            dups[path] += 1
-            continue
-        last = key
-        written[path] += 1
-        samples.append((key, toks))
-    data = shard_bytes(samples)
-    target = Path(out_dir) / rel
-    atomic_write(target, data)
-    info = {"path": rel, "split": rel.split("/")[0], "samples": len(samples), "bytes": len(data),
-            "tokens": int(sum(len(t) for _, t in samples)), "sha256": hashlib.sha256(data).hexdigest(),
-            "written": dict(written), "duplicates": dict(dups), "fingerprint": fingerprint}
-    state = Path(out_dir) / STATE_DIR / (rel.replace("/", "-") + ".json")
-    atomic_write(state, json.dumps(info, sort_keys=True).encode())
-    return info
+    def add(self, tok, texts: list[str], srcs: list[int], pos: list[int]) -> None:
+        digests = b"".join(hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in texts)
+        keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        enc = tok.encode_batch(texts)
+        lens = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+        flat = np.fromiter(itertools.chain.from_iterable(enc), dtype=self.dtype, count=int(lens.sum()))
+        flat = np.insert(flat, np.cumsum(lens), np.asarray(tok.eos_id, dtype=self.dtype))
+        p = self.parts
+        p["hi"].append(keys[:, 0])
+        p["lo"].append(keys[:, 1])
+        p["src"].append(np.asarray(srcs, dtype=np.uint32))
+        p["pos"].append((np.int64(self.chunk.index) << 32) + np.asarray(pos, dtype=np.int64))
+        p["len"].append(lens + 1)
+        p["tokens"].append(flat)
+        self.held += flat.nbytes
+        self.docs += len(texts)
+        self.tokens += len(flat)
+        if self.held >= RUN_BYTES:
+            self.flush()
 
-
-# ---------------------------------------------------------------- driver
-class _Progress:
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.t0 = time.time()
-        self.last = 0.0
-        self.docs = self.tokens = self.batches = self.bytes = self.shards = 0
-        self.total_shards = 0
-
-    def show(self, force: bool = False) -> None:
-        now = time.time()
-        if self.quiet or (not force and now - self.last < 2.0):
+    def flush(self) -> None:
+        if not self.parts["hi"]:
             return
-        self.last = now
-        el = max(now - self.t0, 1e-9)
-        print(f"preprocess: {self.docs:,} documents, {self.tokens:,} tokens ({self.tokens / el:,.0f}/s), "
-              f"{self.batches} batches, shards {self.shards}/{self.total_shards}, {el:.1f}s", flush=True)
+        a = {k: np.concatenate(v) for k, v in self.parts.items()}
+        for v in self.parts.values():
+            v.clear()
+        self.held = 0
+        split = (a["lo"].astype(np.float64) < self.threshold).astype(np.int64)  # 1: held out
+        order = np.lexsort((a["pos"], a["lo"], a["hi"], split))
+        lens = a["len"][order]
+        offs = np.concatenate([[0], np.cumsum(lens)])
+        src_offs = np.concatenate([[0], np.cumsum(a["len"])])[:-1][order]
+        gather = np.repeat(src_offs - offs[:-1], lens) + np.arange(int(offs[-1]))
+        hi, split = a["hi"][order], split[order]
+        bucket = (hi >> np.uint64(64 - 16)).astype(np.int64)
+        starts = np.zeros((len(SPLITS), BUCKETS + 1), dtype=np.int64)
+        edges = np.searchsorted(split, [0, 1, 2])
+        for s in range(len(SPLITS)):
+            a0, a1 = int(edges[s]), int(edges[s + 1])
+            starts[s] = a0 + np.searchsorted(bucket[a0:a1], np.arange(BUCKETS + 1))
+        name = f"chunk-{self.chunk.index:06d}-{len(self.runs):03d}.run"
+        size = write_run(Path(self.ctx["work"]) / name, {
+            "hi": hi, "lo": a["lo"][order], "src": a["src"][order], "pos": a["pos"][order], "offs": offs,
+            "tokens": a["tokens"][gather], "starts": starts})
+        self.runs.append(name)
+        self.run_bytes.append(size)
+        # shard-file bytes per (split, bucket): what the shard cuts are balanced on
+        flat_bucket = split * BUCKETS + bucket
+        first = np.flatnonzero(np.concatenate([[True], flat_bucket[1:] != flat_bucket[:-1]]))
+        weight = shard_file_bytes(lens * self.dtype.itemsize)
+        self.hist.append((flat_bucket[first], np.add.reduceat(weight, first)))
 
 
-def _fingerprint(tok_info: dict, inputs: list[Path], text_field: str, num_shards: int,
-                 heldout_fraction: float) -> str:
-    from bigtrain import __version__
+def _sum_hist(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    idx = np.concatenate([p[0] for p in parts])
+    val = np.concatenate([p[1] for p in parts])
+    uniq, inv = np.unique(idx, return_inverse=True)
+    out = np.zeros(len(uniq), dtype=np.int64)
+    np.add.at(out, inv, val)
+    return uniq.astype(np.int64), out
 
-    ident = {"version": __version__, "format": FORMAT, "tokenizer": tok_info["sha256"], "eos_id": tok_info["eos_id"],
-             "text_field": text_field, "num_shards": num_shards, "heldout_fraction": heldout_fraction,
-             "inputs": [[str(p), p.stat().st_size, sha256_file(p)] for p in inputs]}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+def _tokenize_chunk(ctx: dict, chunk: Chunk) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Task body: tokenize one chunk into run files; returns (record, bucket index, bucket bytes)."""
+    tok = _worker_tokenizer(ctx["tok"])
+    builder = _RunBuilder(ctx, chunk)
+    stats: dict[int, dict] = {}
+    texts: list[str] = []
+    srcs: list[int] = []
+    pos: list[int] = []
+    size = n = text_bytes = 0
+    for src, text, reason in iter_chunk(chunk, ctx["text_field"]):
+        st = stats.setdefault(src, {"read": 0, "skips": Counter()})
+        st["read"] += 1
+        if text is None:
+            st["skips"][reason] += 1
+        else:
+            texts.append(text)
+            srcs.append(src)
+            pos.append(n)
+            size += len(text)
+        n += 1
+        if size >= BATCH_BYTES:
+            builder.add(tok, texts, srcs, pos)
+            text_bytes += size
+            texts, srcs, pos, size = [], [], [], 0
+    if texts:
+        builder.add(tok, texts, srcs, pos)
+        text_bytes += size
+    builder.flush()
+    hist_idx, hist_val = _sum_hist(builder.hist)
+    work = Path(ctx["work"])
+    write_run(work / f"chunk-{chunk.index:06d}.hist", {"idx": hist_idx, "val": hist_val})
+    import ray
+
+    record = {"fingerprint": ctx["fingerprint"], "chunk": chunk.index, "pieces": chunk.describe(),
+              "runs": builder.runs, "run_bytes": builder.run_bytes, "docs": builder.docs, "tokens": builder.tokens,
+              "text_chars": text_bytes, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+              "stats": {str(s): {"read": v["read"], "skips": dict(v["skips"])} for s, v in sorted(stats.items())}}
+    atomic_write(Path(ctx["out"]) / STATE_DIR / "chunks" / f"{chunk.index:06d}.json",
+                 json.dumps(record, sort_keys=True).encode())
+    return record, hist_idx, hist_val
 
 
-def _verified_state(out: Path, plan: ShardPlan, fingerprint: str) -> dict | None:
-    state = out / STATE_DIR / (plan.rel.replace("/", "-") + ".json")
-    tar = out / plan.rel
+# ---------------------------------------------------------------- write task
+def _kept_shard(out: Path, spec: ShardSpec, fingerprint: str) -> dict | None:
+    """The record of a shard already on disk for this plan whose bytes still verify, else None."""
+    state, tar = out / spec.state, out / spec.rel
     if not (state.is_file() and tar.is_file()):
         return None
     try:
         info = json.loads(state.read_text())
     except ValueError:
         return None
-    if info.get("fingerprint") != fingerprint or sha256_file(tar) != info.get("sha256"):
+    if (info.get("fingerprint") != fingerprint or info.get("keys") != [spec.lo, spec.hi]
+            or tar.stat().st_size != info.get("bytes") or sha256_file(tar) != info.get("sha256")):
         return None
     return info
 
 
-def preprocess(inputs: list[str], tokenizer: str, output: str, num_shards: int = 8,
-               heldout_fraction: float = 0.01, text_field: str = "text", workers: int | None = None,
-               ray_address: str | None = None, quiet: bool = False, eos_token: str | None = None) -> dict:
-    """Run the pipeline; returns the manifest. Starts a local Ray (``workers`` CPUs) unless Ray is
-    already initialised in this process or ``ray_address`` is given; ``workers`` also caps the
-    number of tokenize tasks in flight. ``tokenizer`` is anything :func:`~bigtrain.tokenizer.load_tokenizer`
-    reads; every document ends with its EOS, or with ``eos_token`` (a token of its vocabulary) when given."""
-    from bigtrain import __version__
-    from bigtrain.tokenizer import load_tokenizer
+def _write_shard(ctx: dict, spec: ShardSpec) -> dict:
+    """Task body: write one shard from the runs (or keep a verified one); ``{"need_runs": True}`` when the
+    shard must be written and run files are missing (a finished run removes them)."""
+    out = Path(ctx["out"])
+    info = _kept_shard(out, spec, ctx["fingerprint"])
+    if info is not None:
+        return {**info, "kept": True}
+    if ctx.get("verify_only"):
+        return {"need_runs": True}
+    work = out / WORK_DIR
+    try:
+        runs = json.loads((work / "runs.json").read_text())
+    except (OSError, ValueError):
+        return {"need_runs": True}
+    if any(not (work / name).is_file() for name in runs):
+        return {"need_runs": True}
+    s = SPLITS.index(spec.split)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "src", "pos", "len", "tokens")}
+    for name in runs:
+        with Run(work / name) as r:
+            d0, d1 = (int(x) for x in r["starts"][s, [spec.lo, spec.hi]])
+            if d1 == d0:
+                continue
+            offs = r["offs"][d0:d1 + 1]
+            for k in ("hi", "lo", "src", "pos"):
+                cols[k].append(np.array(r[k][d0:d1]))
+            cols["len"].append(np.diff(offs))
+            cols["tokens"].append(np.array(r["tokens"][int(offs[0]):int(offs[-1])]))
+            del offs
+    a = {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for k, v in cols.items()}
+    if not cols["tokens"]:
+        a["tokens"] = np.zeros(0, dtype=np.dtype(ctx["dtype"]))
+        a["hi"] = a["lo"] = np.zeros(0, dtype=np.uint64)
+    starts = np.concatenate([[0], np.cumsum(a["len"])])
+    order = np.lexsort((a["pos"], a["lo"], a["hi"]))
+    hi, lo = a["hi"][order], a["lo"][order]
+    first = np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])]) if len(order) else np.zeros(0, bool)
+    with ShardWriter(out / spec.rel) as w:
+        for i in order[first]:
+            w.add(f"{int(a['hi'][i]):016x}{int(a['lo'][i]):016x}", a["tokens"][starts[i]:starts[i + 1]])
+        sha = w.close()
+    src = a["src"][order]
+    info = {"path": spec.rel, "split": spec.split, "samples": w.samples, "bytes": w.bytes, "tokens": w.tokens,
+            "sha256": sha, "keys": [spec.lo, spec.hi], "fingerprint": ctx["fingerprint"],
+            "written": _counts(src[first]), "duplicates": _counts(src[~first])}
+    atomic_write(out / spec.state, json.dumps(info, sort_keys=True).encode())
+    return info
 
-    if num_shards < 1:
-        raise BigtrainError(f"--num-shards {num_shards}: must be at least 1")
-    if not 0 <= heldout_fraction < 1:
-        raise BigtrainError(f"--heldout-fraction {heldout_fraction}: must be in [0, 1)")
-    if workers is not None and workers < 1:
-        raise BigtrainError(f"--workers {workers}: must be at least 1")
-    files = readers.expand_inputs(inputs)
-    for f in files:
-        readers.check_input(f, text_field)
-    tok = load_tokenizer(tokenizer)
-    if eos_token is not None:
+
+def _counts(src: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(src, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+# ---------------------------------------------------------------- the job
+@dataclass
+class PreprocessJob:
+    """Everything ``bigtrain preprocess`` is asked to do. ``tokenizer`` is anything
+    :func:`~bigtrain.tokenizer.load_tokenizer` reads; every document ends with its EOS, or with ``eos_token``
+    (a token of its vocabulary). Shards hold about ``shard_size`` bytes each (default 256 MiB), unless
+    ``num_shards`` fixes the train shard count. ``workers`` is the local Ray's CPUs (default: all) or, on an
+    existing cluster (``ray_address``, or a Ray this process already joined), the most tasks at once."""
+
+    inputs: list[str]
+    tokenizer: str
+    output: str
+    shard_size: int | str | None = None
+    num_shards: int | None = None
+    heldout_fraction: float = 0.01
+    text_field: str = "text"
+    chunk_size: int | str | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    eos_token: str | None = None
+    quiet: bool = False
+    report: dict = field(default_factory=dict)  # filled by run(): chunks, Ray objects, times
+
+    def run(self) -> dict:
+        """Run the pipeline; returns the manifest."""
+        return _Pipeline(self).run()
+
+
+class _Pipeline:
+    def __init__(self, job: PreprocessJob):
+        from bigtrain.tokenizer import load_tokenizer
+
+        self.job = job
+        if job.num_shards is not None and job.num_shards < 1:
+            raise BigtrainError(f"--num-shards {job.num_shards}: must be at least 1")
+        if job.num_shards is not None and job.shard_size is not None:
+            raise BigtrainError("--num-shards and --shard-size: give one of them")
+        self.shard_size = None if job.num_shards is not None else parse_size(
+            job.shard_size if job.shard_size is not None else DEFAULT_SHARD_SIZE, "--shard-size")
+        if not 0 <= job.heldout_fraction < 1:
+            raise BigtrainError(f"--heldout-fraction {job.heldout_fraction}: must be in [0, 1)")
+        if job.workers is not None and job.workers < 1:
+            raise BigtrainError(f"--workers {job.workers}: must be at least 1")
+        self.files = readers.expand_inputs(job.inputs)
+        for f in self.files:
+            readers.check_input(f, job.text_field)
+        tok = load_tokenizer(job.tokenizer)
+        if job.eos_token is not None:
+            try:
+                tok = tok.with_eos(job.eos_token)
+            except BigtrainError as e:
+                raise BigtrainError(f"--eos-token: {e}") from None
+        if tok.eos_id < 0:
+            raise BigtrainError(f"--tokenizer {job.tokenizer}: the tokenizer has no EOS token to end documents "
+                                "with; name one of its tokens with --eos-token TOKEN")
+        self.tok = tok
+        self.tok_info = {**tok.info(), "path": str(Path(tok.path).resolve())}
+        self.out = Path(job.output)
+        if self.out.exists() and not self.out.is_dir():
+            raise BigtrainError(f"--output {self.out}: exists and is not a directory")
+        total = sum(f.stat().st_size for f in self.files)
+        self.chunk_bytes = (parse_size(job.chunk_size, "--chunk-size") if job.chunk_size is not None
+                            else auto_chunk_bytes(total))
+        self.chunks = plan_chunks(self.files, job.text_field, self.chunk_bytes)
+        self.dtype = token_dtype(tok.vocab_size)
+        self.chunk_fp, self.fingerprint = self._fingerprints()
+        self.report = job.report
+        self.report.update(chunks=len(self.chunks), chunk_bytes=self.chunk_bytes, chunks_reused=0,
+                           ray_objects=0, tokenize_tasks=0, write_tasks=0)
+        self.progress = None
+
+    def _fingerprints(self) -> tuple[str, str]:
+        from bigtrain import __version__
+
+        j = self.job
+        # What a chunk's runs depend on; file identity by size and mtime (hashing a TB corpus up front is hours).
+        chunk = {"version": __version__, "format": FORMAT, "tokenizer": self.tok_info["sha256"],
+                 "eos_id": self.tok_info["eos_id"], "text_field": j.text_field,
+                 "heldout_fraction": j.heldout_fraction, "chunk_bytes": self.chunk_bytes,
+                 "inputs": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files]}
+        whole = {**chunk, "shard_size": self.shard_size, "num_shards": j.num_shards}
+
+        def digest(obj):
+            return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+        return digest(chunk), digest(whole)
+
+    # --- Ray --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        import ray
+
+        t0 = time.time()
+        manifest_path = self.out / MANIFEST
+        self.out.mkdir(parents=True, exist_ok=True)
+        started = False
+        if ray.is_initialized():
+            pass  # a Ray this process already joined (tests, notebooks, a Ray job's driver)
+        elif self.job.ray_address:
+            try:
+                ray.init(address=self.job.ray_address, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BigtrainError(f"--ray-address {self.job.ray_address}: cannot connect to Ray ({first})") from None
+            started = True
+        else:
+            init_local_ray(self.job.workers or os.cpu_count() or 1)
+            started = True
+        self.report["ray_start_s"] = round(time.time() - t0, 2)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if started and not self.job.ray_address:
+            self.limit = 2 * cpus  # our own Ray runs `workers` at once; one queued each keeps them busy
+        else:
+            self.limit = self.job.workers or 2 * cpus
         try:
-            tok = tok.with_eos(eos_token)
-        except BigtrainError as e:
-            raise BigtrainError(f"--eos-token: {e}") from None
-    if tok.eos_id < 0:
-        raise BigtrainError(f"--tokenizer {tokenizer}: the tokenizer has no EOS token to end documents with; "
-                            "name one of its tokens with --eos-token TOKEN")
-    tok_info = {**tok.info(), "path": str(Path(tok.path).resolve())}
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise BigtrainError(f"--output {out}: exists and is not a directory")
-    plan = plan_shards(num_shards, heldout_fraction)
-    num_train = num_shards
-    num_held = len(plan) - num_train
-    fingerprint = _fingerprint(tok_info, files, text_field, num_shards, heldout_fraction)
-    dtype = token_dtype(tok.vocab_size)
-
-    manifest_path = out / MANIFEST
-    kept = {}
-    for i, p in enumerate(plan):
-        info = _verified_state(out, p, fingerprint)
-        if info is not None:
-            kept[i] = info
-    if len(kept) == len(plan) and manifest_path.is_file():
-        if not quiet:
-            print(f"preprocess: {out} is up to date ({len(plan)} shards verified)", flush=True)
-        manifest = json.loads(manifest_path.read_text())
-        if not quiet:
+            manifest = self._run(ray)
+        except ray.exceptions.RayError as e:
+            raise _unwrap(ray, e) from None
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            if started:
+                ray.shutdown()
+        data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        if not (manifest_path.is_file() and manifest_path.read_bytes() == data):
+            atomic_write(manifest_path, data)
+        shutil.rmtree(self.out / WORK_DIR, ignore_errors=True)
+        self.report["seconds"] = round(time.time() - t0, 2)
+        if not self.job.quiet:
             print_summary(manifest)
         return manifest
-    if manifest_path.exists():
-        manifest_path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = {p.rel for p in plan}
-    for split in ("train", "heldout"):  # shards of an earlier run with other options
-        for old in (out / split).glob("shard-*.tar") if (out / split).is_dir() else []:
-            if f"{split}/{old.name}" not in wanted:
-                old.unlink()
 
-    import ray
+    def _run(self, ray) -> dict:
+        self.tok_task = ray.remote(num_cpus=1)(_tokenize_chunk)
+        self.write_task = ray.remote(num_cpus=0.5)(_write_shard)
+        self.ctx = {"out": str(self.out.resolve()), "work": str((self.out / WORK_DIR).resolve()),
+                    "fingerprint": self.chunk_fp, "text_field": self.job.text_field, "dtype": self.dtype.str,
+                    "heldout_fraction": self.job.heldout_fraction, "tok": None}
+        records = self._chunk_records()
+        plan = self._saved_plan() if len(records) == len(self.chunks) else None
+        manifest_path = self.out / MANIFEST
+        if plan is not None and manifest_path.is_file():
+            infos = self._write(ray, plan, records, verify_only=True)
+            if len(infos) == len(plan):
+                if not self.job.quiet:
+                    print(f"preprocess: {self.out} is up to date ({len(plan)} shards verified)", flush=True)
+                return self._manifest(plan, infos, records)
+        # From here on the output changes: it must not look complete until the new manifest is written.
+        manifest_path.unlink(missing_ok=True)
+        (self.out / WORK_DIR).mkdir(exist_ok=True)
+        if plan is None:
+            self._tokenize(ray, records)
+            plan = self._plan(records)
+        infos = self._write(ray, plan, records)
+        return self._manifest(plan, infos, records)
 
-    started = False
-    if ray.is_initialized():
-        pass  # a Ray this process already joined (tests, notebooks, a Ray job's driver)
-    elif ray_address:
+    def _put_tokenizer(self, ray) -> None:
+        if self.ctx["tok"] is None:
+            self.ctx["tok"] = (f"{self.tok.sha256}:{self.tok.eos_id}", [ray.put(self.tok)])
+            self.report["ray_objects"] += 1
+
+    # --- phase 1 ----------------------------------------------------------------------------
+    def _chunk_records(self) -> dict[int, dict]:
+        records = {}
+        for c in self.chunks:
+            p = self.out / STATE_DIR / "chunks" / f"{c.index:06d}.json"
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("fingerprint") == self.chunk_fp and rec.get("chunk") == c.index:
+                records[c.index] = rec
+        return records
+
+    def _has_runs(self, rec: dict) -> bool:
+        work = self.out / WORK_DIR
+        names = [*rec["runs"], f"chunk-{rec['chunk']:06d}.hist"]
+        sizes = [*rec["run_bytes"], None]
+        return all((work / n).is_file() and (s is None or (work / n).stat().st_size == s)
+                   for n, s in zip(names, sizes))
+
+    def _tokenize(self, ray, records: dict[int, dict]) -> None:
+        """Tokenize every chunk that lacks a record or run files; fills ``records`` and ``self.hist``."""
+        from tqdm import tqdm
+
+        self.hist = np.zeros(len(SPLITS) * BUCKETS, dtype=np.int64)
+        todo = []
+        for c in self.chunks:
+            rec = records.get(c.index)
+            if rec is not None and self._has_runs(rec):
+                with Run(self.out / WORK_DIR / f"chunk-{c.index:06d}.hist") as h:
+                    np.add.at(self.hist, np.array(h["idx"]), np.array(h["val"]))
+            else:
+                records.pop(c.index, None)
+                todo.append(c)
+        self.report["chunks_reused"] = len(self.chunks) - len(todo)
+        total = sum(c.bytes for c in self.chunks)
+        done_bytes = total - sum(c.bytes for c in todo)
+        tty = sys.stderr.isatty()
+        bar = self.progress = tqdm(total=total, initial=done_bytes, unit="B", unit_scale=True, desc="tokenize",
+                                   disable=self.job.quiet, mininterval=1 if tty else 30, ascii=not tty,
+                                   dynamic_ncols=True)
+        if not self.job.quiet and self.report["chunks_reused"]:
+            tqdm.write(f"preprocess: {self.report['chunks_reused']} of {len(self.chunks)} chunks already "
+                       f"tokenized in {self.out / WORK_DIR}", file=sys.stderr)
+        if todo:
+            self._put_tokenizer(ray)
+        t0 = time.time()
+        tokens = 0
+        pending: dict = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < self.limit:
+                c = queue.pop(0)
+                pending[self.tok_task.remote(self.ctx, c)] = c
+                self.report["ray_objects"] += 1
+                self.report["tokenize_tasks"] += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            c = pending.pop(done[0])
+            rec, idx, val = ray.get(done[0])
+            records[c.index] = rec
+            np.add.at(self.hist, idx, val)
+            tokens += rec["tokens"]
+            bar.update(c.bytes)
+            bar.set_postfix_str(f"{tokens / max(time.time() - t0, 1e-9) / 1e6:.2f}M tok/s", refresh=False)
+        bar.close()
+        self.progress = None
+        self.report["tokenize_s"] = round(time.time() - t0, 2)
+        self.report["tokens_tokenized"] = tokens
+
+    # --- the cut -----------------------------------------------------------------------------
+    def _saved_plan(self) -> list[ShardSpec] | None:
         try:
-            ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise BigtrainError(f"--ray-address {ray_address}: cannot connect to Ray "
-                                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-        started = True
-    else:
-        init_local_ray(workers or os.cpu_count() or 1)
-        started = True
-    try:
-        manifest = _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout_fraction,
-                        num_train, num_held, text_field, workers, quiet, __version__)
-    finally:
-        if started:
-            ray.shutdown()
-    atomic_write(manifest_path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    if not quiet:
-        print_summary(manifest)
-    return manifest
+            saved = json.loads((self.out / STATE_DIR / "plan.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if saved.get("fingerprint") != self.fingerprint:
+            return None
+        return [ShardSpec(*row) for row in saved["shards"]]
+
+    def _plan(self, records: dict[int, dict]) -> list[ShardSpec]:
+        hist = self.hist.reshape(len(SPLITS), BUCKETS)
+        frac, n_fixed = self.job.heldout_fraction, self.job.num_shards
+        plan = []
+        for s, split in enumerate(SPLITS):
+            total = int(hist[s].sum())
+            if split == "heldout" and frac <= 0:
+                continue
+            if n_fixed is not None:
+                n = n_fixed if split == "train" else max(1, math.ceil(n_fixed * frac))
+            else:
+                n = max(1, round(total / self.shard_size))
+            plan += [ShardSpec(split, i, lo, hi) for i, (lo, hi) in enumerate(cut_key_space(hist[s], n))]
+        atomic_write(self.out / STATE_DIR / "plan.json", json.dumps(
+            {"fingerprint": self.fingerprint, "shards": [[p.split, p.index, p.lo, p.hi] for p in plan]},
+            sort_keys=True).encode())
+        return plan
+
+    # --- phase 2 -----------------------------------------------------------------------------
+    def _write(self, ray, plan: list[ShardSpec], records: dict[int, dict],
+               verify_only: bool = False) -> dict[ShardSpec, dict]:
+        """Write (or keep verified) shards; with ``verify_only``, only the infos of shards that verify."""
+        from tqdm import tqdm
+
+        ctx = {**self.ctx, "fingerprint": self.fingerprint, "verify_only": verify_only}
+        if not verify_only:
+            wanted = {p.rel for p in plan}
+            for split in SPLITS:  # shards of an earlier run with other options, and temporaries of a killed one
+                for old in (self.out / split).glob("*") if (self.out / split).is_dir() else []:
+                    if f"{split}/{old.name}" not in wanted and (old.name.startswith("shard-") or old.suffix == ".tmp"):
+                        old.unlink()
+            self._write_run_list(records)
+        infos: dict[ShardSpec, dict] = {}
+        todo = list(plan)
+        for attempt in range(2):
+            tty = sys.stderr.isatty()
+            bar = self.progress = tqdm(total=len(todo), desc="verify" if verify_only else "write", unit="shard", disable=self.job.quiet,
+                                       mininterval=1 if tty else 30, ascii=not tty, dynamic_ncols=True)
+            pending: dict = {}
+            queue = list(todo)
+            missing = []
+            while queue or pending:
+                while queue and len(pending) < self.limit:
+                    spec = queue.pop(0)
+                    pending[self.write_task.remote(ctx, spec)] = spec
+                    self.report["ray_objects"] += 1
+                    self.report["write_tasks"] += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(done[0])
+                info = ray.get(done[0])
+                if info.get("need_runs"):
+                    missing.append(spec)
+                else:
+                    infos[spec] = info
+                bar.update(1)
+            bar.close()
+            self.progress = None
+            if not missing or attempt or verify_only:
+                break
+            # Shards to rewrite after the run files were removed (a finished run, then a damaged shard).
+            self._tokenize(ray, records)
+            self._write_run_list(records)
+            todo = missing
+        if len(infos) != len(plan) and not verify_only:
+            raise BigtrainError(f"{self.out}: run files disappeared while shards were written; run again")
+        self.report["shards_kept"] = sum(1 for i in infos.values() if i.get("kept"))
+        return infos
+
+    def _write_run_list(self, records: dict[int, dict]) -> None:
+        names = [n for c in self.chunks if c.index in records for n in records[c.index]["runs"]]
+        atomic_write(self.out / WORK_DIR / "runs.json", json.dumps(names).encode())
+
+    # --- manifest ------------------------------------------------------------------------------
+    def _manifest(self, plan: list[ShardSpec], infos: dict[ShardSpec, dict], records: dict[int, dict]) -> dict:
+        from bigtrain import __version__
+
+        n_in = len(self.files)
+        read = np.zeros(n_in, dtype=np.int64)
+        written = np.zeros(n_in, dtype=np.int64)
+        skips: list[Counter] = [Counter() for _ in range(n_in)]
+        for rec in records.values():
+            for src, st in rec["stats"].items():
+                read[int(src)] += st["read"]
+                skips[int(src)].update(st["skips"])
+        for info in infos.values():
+            for src, c in info["written"].items():
+                written[int(src)] += c
+            for src, c in info["duplicates"].items():
+                skips[int(src)][DUPLICATE] += c
+        rows = []
+        for i, f in enumerate(self.files):
+            skipped = {k: v for k, v in sorted(skips[i].items()) if v}
+            if read[i] != written[i] + sum(skipped.values()):
+                raise BigtrainError(f"{f}: internal count mismatch (read {read[i]}, written {written[i]}, "
+                                    f"skipped {sum(skipped.values())})")
+            rows.append({"path": str(f), "format": readers.detect_format(f), "bytes": f.stat().st_size,
+                         "documents_read": int(read[i]), "documents_written": int(written[i]),
+                         "documents_skipped": skipped})
+        shards = [{k: infos[p][k] for k in ("path", "split", "samples", "bytes", "tokens", "sha256")} for p in plan]
+        splits = {}
+        for split in SPLITS:
+            got = [s for s in shards if s["split"] == split]
+            splits[split] = {"shards": len(got), "samples": sum(r["samples"] for r in got),
+                             "tokens": sum(r["tokens"] for r in got)}
+        return {"format": FORMAT, "bigtrain_version": __version__, "tokenizer": self.tok_info,
+                "token_dtype": self.dtype.name, "text_field": self.job.text_field,
+                "heldout_fraction": self.job.heldout_fraction, "num_shards": splits["train"]["shards"],
+                "shard_size": self.shard_size, "splits": splits, "shards": shards, "inputs": rows,
+                "totals": {"documents_read": sum(r["documents_read"] for r in rows),
+                           "documents_written": sum(r["documents_written"] for r in rows),
+                           "documents_skipped": sum(sum(r["documents_skipped"].values()) for r in rows)}}
+
+
+def preprocess(inputs: list[str], tokenizer: str, output: str, **options) -> dict:
+    """``PreprocessJob(inputs, tokenizer, output, **options).run()``."""
+    return PreprocessJob(list(inputs), str(tokenizer), str(output), **options).run()
 
 
 def init_local_ray(num_cpus: int) -> None:
@@ -317,96 +698,6 @@ def _unwrap(ray, e: Exception) -> Exception:
     if isinstance(e, ray.exceptions.RayTaskError) and cause is not None:
         return BigtrainError(f"preprocess task failed: {type(cause).__name__}: {str(cause).splitlines()[0]}")
     return e
-
-
-def _run(ray, files, tok, tok_info, out, plan, kept, fingerprint, dtype, heldout_fraction, num_train, num_held,
-         text_field, workers, quiet, version) -> dict:
-    read_task = ray.remote(num_cpus=0.1)(_read_body)
-    tok_task = ray.remote(num_cpus=0.9)(_tokenize_body)
-    write_task = ray.remote(num_cpus=0.9)(_write_body)
-    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-    limit = workers or max(1, cluster_cpus)
-    tok_handle = (f"{tok.sha256}:{tok.eos_id}", [ray.put(tok)])
-    skip = frozenset(kept)
-    n = len(plan)
-    prog = _Progress(quiet)
-    prog.total_shards = n
-    prog.shards = len(kept)
-
-    buckets: list[list] = [[] for _ in range(n)]
-    stats_refs: list = []
-    pending: list = []  # stats refs of tokenize tasks in flight
-    stats: dict[str, dict] = {str(f): {"read": 0, "skips": Counter(), "written": 0} for f in files}
-
-    def settle(ref) -> None:
-        s = ray.get(ref)
-        st = stats[s["path"]]
-        st["read"] += s["read"]
-        st["skips"].update(s["skips"])
-        prog.docs += s["docs"]
-        prog.tokens += s["tokens"]
-        prog.bytes += s["bytes"]
-        prog.batches += 1
-        prog.show()
-
-    try:
-        for f in files:  # inputs are read one after another; their batches are tokenized in parallel
-            gen = read_task.options(_generator_backpressure_num_objects=2 * limit + 2).remote(
-                str(f), text_field, BATCH_BYTES)
-            for batch_ref in gen:
-                while len(pending) >= limit:
-                    done, pending[:] = ray.wait(pending, num_returns=1)
-                    settle(done[0])
-                refs = tok_task.options(num_returns=n + 1).remote(
-                    batch_ref, tok_handle, heldout_fraction, num_train, num_held, skip, dtype.str)
-                for s in range(n):
-                    buckets[s].append(refs[s])
-                pending.append(refs[n])
-                stats_refs.append(refs[n])
-        while pending:
-            done, pending[:] = ray.wait(pending, num_returns=1)
-            settle(done[0])
-        writes = {write_task.remote(str(out), plan[s].rel, fingerprint, *buckets[s]): s
-                  for s in range(n) if s not in kept}
-        infos = dict(kept)
-        remaining = list(writes)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            infos[writes[done[0]]] = ray.get(done[0])
-            prog.shards += 1
-            prog.show()
-    except ray.exceptions.RayError as e:
-        raise _unwrap(ray, e) from None
-    prog.show(force=True)
-
-    for info in infos.values():
-        for path, c in info["written"].items():
-            stats[path]["written"] += c
-        for path, c in info["duplicates"].items():
-            stats[path]["skips"][DUPLICATE] += c
-    shards = [{k: infos[s][k] for k in ("path", "split", "samples", "bytes", "tokens", "sha256")} for s in range(n)]
-    input_rows = []
-    for f in files:
-        st = stats[str(f)]
-        skipped = {k: v for k, v in sorted(st["skips"].items()) if v}
-        if st["read"] != st["written"] + sum(skipped.values()):
-            raise BigtrainError(f"{f}: internal count mismatch (read {st['read']}, written {st['written']}, "
-                                f"skipped {sum(skipped.values())})")
-        input_rows.append({"path": str(f), "format": readers.detect_format(f), "bytes": f.stat().st_size,
-                           "documents_read": st["read"], "documents_written": st["written"],
-                           "documents_skipped": skipped})
-    splits = {}
-    for split in ("train", "heldout"):
-        rows = [s for s in shards if s["split"] == split]
-        splits[split] = {"shards": len(rows), "samples": sum(r["samples"] for r in rows),
-                         "tokens": sum(r["tokens"] for r in rows)}
-    return {"format": FORMAT, "bigtrain_version": version, "tokenizer": tok_info,
-            "token_dtype": np.dtype(dtype).name, "text_field": text_field,
-            "heldout_fraction": heldout_fraction, "num_shards": num_train,
-            "splits": splits, "shards": shards, "inputs": input_rows,
-            "totals": {"documents_read": sum(r["documents_read"] for r in input_rows),
-                       "documents_written": sum(r["documents_written"] for r in input_rows),
-                       "documents_skipped": sum(sum(r["documents_skipped"].values()) for r in input_rows)}}
 
 
 def print_summary(manifest: dict, file=None) -> None:

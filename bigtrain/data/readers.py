@@ -128,14 +128,16 @@ def _stream_error(path: Path, fmt: str, n: int, e: Exception) -> BigtrainError:
     return BigtrainError(f"{path}: truncated or corrupt {what} data after {n} documents ({msg})")
 
 
-def iter_documents(path: str | Path, text_field: str = "text") -> Iterator[tuple[str | None, str | None]]:
-    """Yield ``(text, None)`` per good document and ``(None, reason)`` per skipped one, in file order."""
+def iter_documents(path: str | Path, text_field: str = "text",
+                   row_groups: list[int] | None = None) -> Iterator[tuple[str | None, str | None]]:
+    """Yield ``(text, None)`` per good document and ``(None, reason)`` per skipped one, in file order (of a
+    parquet file, only ``row_groups`` when given)."""
     path = Path(path)
     if not path.is_file():
         raise BigtrainError(f"{path}: input path does not exist")
     fmt = detect_format(path)
     if fmt == "parquet":
-        yield from _iter_parquet(path, text_field)
+        yield from _iter_parquet(path, text_field, row_groups)
         return
     n = 0
     try:
@@ -161,6 +163,25 @@ def iter_documents(path: str | Path, text_field: str = "text") -> Iterator[tuple
         if type(e).__name__ == "ZstdError":
             raise _stream_error(path, fmt, n, e) from None
         raise
+
+
+def iter_jsonl_range(path: str | Path, start: int, end: int,
+                     text_field: str = "text") -> Iterator[tuple[str | None, str | None]]:
+    """The documents of an uncompressed jsonl file whose line starts at a byte in ``[start, end)``: cutting a
+    file at any offsets gives every line to exactly one range, so ranges are read by separate tasks."""
+    path = Path(path)
+    with open(path, "rb", buffering=1 << 20) as fh:
+        pos = start
+        if start > 0:
+            fh.seek(start - 1)
+            pos = start - 1 + len(fh.readline())  # the line holding byte start-1 belongs to the range before
+        while pos < end:
+            raw = fh.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            if raw.strip():
+                yield _parse_json_line(raw, text_field)
 
 
 def _parse_json_line(raw: bytes, field: str) -> tuple[str | None, str | None]:
@@ -224,13 +245,22 @@ def _open_parquet(path: Path, field: str):
     return pf, pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)
 
 
-def _iter_parquet(path: Path, field: str) -> Iterator[tuple[str | None, str | None]]:
+def parquet_row_groups(path: str | Path, field: str) -> list[int]:
+    """Uncompressed bytes of the text column in each row group (what chunking by row groups weighs)."""
+    pf, _ = _open_parquet(Path(path), field)
+    meta = pf.metadata
+    col = pf.schema_arrow.names.index(field)
+    return [meta.row_group(i).column(col).total_uncompressed_size for i in range(meta.num_row_groups)]
+
+
+def _iter_parquet(path: Path, field: str,
+                  row_groups: list[int] | None = None) -> Iterator[tuple[str | None, str | None]]:
     import pyarrow as pa
 
     pf, binary = _open_parquet(path, field)
     n = 0
     try:
-        for batch in pf.iter_batches(batch_size=1024, columns=[field]):
+        for batch in pf.iter_batches(batch_size=1024, columns=[field], row_groups=row_groups):
             for value in batch.column(0).to_pylist():
                 n += 1
                 if value is None:

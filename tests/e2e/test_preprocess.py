@@ -53,7 +53,9 @@ def _run(corpus, out, inputs=None, workers=1):
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """The output (manifest and shards); ``.state`` holds bookkeeping such as which worker ran each chunk."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and ".state" not in p.relative_to(out).parts}
 
 
 @pytest.fixture(scope="module")
