@@ -47,9 +47,9 @@ def corpus(tmp_path_factory):
     return {"root": root, "inputs": inputs, "tok": root / "tok", "tokenizer": tok}
 
 
-def _run(corpus, out, inputs=None, workers=1):
+def _run(corpus, out, inputs=None, workers=1, **kw):
     return preprocess(inputs or corpus["inputs"], str(corpus["tok"]), str(out), num_shards=3,
-                      heldout_fraction=0.05, text_field="content", workers=workers, quiet=True)
+                      heldout_fraction=0.05, text_field="content", workers=workers, quiet=True, **kw)
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -68,9 +68,14 @@ def ds(ray_local, corpus, tmp_path_factory):
 def test_same_output_for_any_workers_and_input_order(ds, corpus, tmp_path):
     out1, m1 = ds
     out2 = tmp_path / "ds2"
-    m2 = _run(corpus, out2, inputs=list(reversed(corpus["inputs"])), workers=2)
+    # small chunks: the parquet file is read as several runs of row groups, the small txt files are grouped
+    m2 = _run(corpus, out2, inputs=list(reversed(corpus["inputs"])), workers=2, chunk_size="100k")
     assert m1 == m2
     assert _files(out1) == _files(out2)  # manifest.json and every shard, byte for byte
+    pieces = [p for f in sorted((out2 / ".state" / "chunks").glob("*.json")) for p in json.loads(f.read_text())["pieces"]]
+    assert sum(1 for p in pieces if p[0].endswith("c.parquet") and p[1] == "rows") >= 3
+    assert max(len([p for p in json.loads(f.read_text())["pieces"] if p[0].endswith(".txt")])
+               for f in (out2 / ".state" / "chunks").glob("*.json")) >= 10
     assert len(m1["shards"]) == 4 and {s["split"] for s in m1["shards"]} == {"train", "heldout"}
 
 

@@ -1,5 +1,6 @@
 """A real Ray head (cluster/ray/local-head.sh: `ray start --head --dashboard-host 127.0.0.1`) takes
-`ray job submit --working-dir .` jobs: preprocessing, then a 2-worker Ray Train run
+`ray job submit --working-dir .` jobs: preprocessing while a second node (`ray start --address`) has joined,
+with tasks on both nodes and the same bytes as a local run, then a 2-worker Ray Train run
 (`bigtrain launch ray-train`) in which one worker raises at step 7 on its first attempt. Ray Train
 restarts the group, the trainer resumes from the step-5 checkpoint, both jobs end SUCCEEDED, and the
 losses equal those of the same job run uninterrupted under torchrun.
@@ -10,13 +11,18 @@ instances on the machine are left alone.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -60,7 +66,7 @@ def head():
             break
     try:
         assert start.returncode == 0, start.stderr[-3000:]
-        yield f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
+        yield f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}", env["RAY_GCS_PORT"]
     finally:
         subprocess.run(["bash", str(HEAD), "stop"], capture_output=True, env=env, timeout=60)
         shutil.rmtree(state, ignore_errors=True)
@@ -86,31 +92,68 @@ def submit(address: str, *entrypoint: str, env_vars: dict[str, str] | None = Non
     return f"unknown ({status.stdout.strip()[-300:]} {status.stderr.strip()[-300:]})", out
 
 
+@contextlib.contextmanager
+def second_node(gcs_port: str):
+    """A second Ray node on this machine (`ray start --address`, 1 CPU) joined to the head while in use."""
+    log = tempfile.NamedTemporaryFile(prefix="btray-node-", suffix=".log", delete=False)
+    proc = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", "--block",
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # wait until the head counts two nodes
+            st = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs_port}"], capture_output=True,
+                                text=True, env=_env(), timeout=60)
+            if len(re.findall(r"^\s*1 node_", st.stdout, re.MULTILINE)) == 2:
+                break
+            assert proc.poll() is None and time.time() < deadline, open(log.name).read()[-3000:]
+            time.sleep(1)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.unlink(log.name)
+
+
 @pytest.fixture(scope="module")
 def dataset(head, tmp_path_factory):
+    address, gcs_port = head
     work = tmp_path_factory.mktemp("ray-data")
     bigtrain("tokenizer", "train", "--input", "data/python-docs.jsonl.gz", "--vocab-size", "512",
              "--output", str(work / "tok"))
-    # Relative input path: it resolves inside the uploaded working directory on the cluster.
-    status, out = submit(head, "bigtrain", "preprocess", "--input", "data/python-docs.jsonl.gz", "--tokenizer",
-                         str(work / "tok"), "--output", str(work / "data"), "--num-shards", "2",
-                         "--ray-address", "auto")
-    return work / "data", status, out
+    # Uncompressed, so that small chunks of the one file spread over both nodes' CPUs.
+    (work / "docs.jsonl").write_bytes(gzip.decompress((REPO / "data/python-docs.jsonl.gz").read_bytes()))
+    args = ["--input", str(work / "docs.jsonl"), "--tokenizer", str(work / "tok"), "--num-shards", "2"]
+    with second_node(gcs_port):
+        status, out = submit(address, "bigtrain", "preprocess", *args, "--output", str(work / "data"),
+                             "--chunk-size", "128k", "--ray-address", "auto")
+    return work / "data", status, out, args
 
 
-def test_job_submit_preprocess(dataset):
-    data, status, out = dataset
+def test_job_submit_preprocess_on_two_nodes(dataset, tmp_path):
+    data, status, out, args = dataset
     assert status == "SUCCEEDED", out[-5000:]
     assert "preprocess: wrote" in out
-    assert (data / "manifest.json").exists() and list((data / "train").glob("*.tar"))
+    records = [json.loads(p.read_text()) for p in (data / ".state" / "chunks").glob("*.json")]
+    assert len(records) == 26 and len({r["node"] for r in records}) == 2  # tasks ran on both nodes
+    # The same bytes as one local process with one worker and other chunks.
+    bigtrain("preprocess", *args, "--output", str(tmp_path / "local"), "--workers", "1", "--quiet")
+    files = sorted(p.relative_to(data) for p in data.rglob("*") if p.is_file() and ".state" not in p.parts)
+    assert files and files == sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*")
+                                     if p.is_file() and ".state" not in p.parts)
+    for f in files:
+        assert (data / f).read_bytes() == (tmp_path / "local" / f).read_bytes(), f
 
 
 def test_job_submit_ray_train_restarts_a_failed_worker(head, dataset, tmp_path):
-    data, status, _ = dataset
+    data, status, _, _ = dataset
     if status != "SUCCEEDED":
         pytest.skip("preprocessing failed (see test_job_submit_preprocess)")
     run = tmp_path / "ray-run"
-    status, out = submit(head, "bigtrain", "launch", "ray-train", "configs/tiny-cpu.yaml", "--run-dir", str(run),
+    status, out = submit(head[0], "bigtrain", "launch", "ray-train", "configs/tiny-cpu.yaml", "--run-dir", str(run),
                          "--num-workers", "2", "--max-failures", "1", "--ray-address", "auto",
                          f"data.path={data}", *TRAIN, env_vars={"BIGTRAIN_FAULT_AT_STEP": "7",
                                                                   "BIGTRAIN_FAULT_KIND": "kill"})
