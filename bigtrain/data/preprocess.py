@@ -45,7 +45,7 @@ import numpy as np
 
 from bigtrain.data import readers
 from bigtrain.data.chunks import Chunk, auto_chunk_bytes, iter_chunk, plan_chunks
-from bigtrain.data.runs import Run, write_run
+from bigtrain.data.runs import Descriptors, Run, write_run
 from bigtrain.data.shards import (FORMAT, MANIFEST, ShardWriter, atomic_write, sha256_file, shard_file_bytes,
                                   token_dtype)
 from bigtrain.errors import BigtrainError
@@ -179,8 +179,9 @@ class _RunBuilder:
         order = np.lexsort((a["pos"], a["lo"], a["hi"], split))
         lens = a["len"][order]
         offs = np.concatenate([[0], np.cumsum(lens)])
-        src_offs = np.concatenate([[0], np.cumsum(a["len"])])[:-1][order]
-        gather = np.repeat(src_offs - offs[:-1], lens) + np.arange(int(offs[-1]))
+        src_offs = np.concatenate([[0], np.cumsum(a["len"])])
+        tokens = a["tokens"]
+        sorted_tokens = np.concatenate([tokens[src_offs[i]:src_offs[i + 1]] for i in order.tolist()])
         hi, split = a["hi"][order], split[order]
         bucket = (hi >> np.uint64(64 - 16)).astype(np.int64)
         starts = np.zeros((len(SPLITS), BUCKETS + 1), dtype=np.int64)
@@ -191,7 +192,7 @@ class _RunBuilder:
         name = f"chunk-{self.chunk.index:06d}-{len(self.runs):03d}.run"
         size = write_run(Path(self.ctx["work"]) / name, {
             "hi": hi, "lo": a["lo"][order], "src": a["src"][order], "pos": a["pos"][order], "offs": offs,
-            "tokens": a["tokens"][gather], "starts": starts})
+            "tokens": sorted_tokens, "starts": starts})
         self.runs.append(name)
         self.run_bytes.append(size)
         # shard-file bytes per (split, bucket): what the shard cuts are balanced on
@@ -287,30 +288,39 @@ def _write_shard(ctx: dict, spec: ShardSpec) -> dict:
     if any(not (work / name).is_file() for name in runs):
         return {"need_runs": True}
     s = SPLITS.index(spec.split)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "src", "pos", "len", "tokens")}
-    for name in runs:
+    dtype = np.dtype(ctx["dtype"])
+    # Only the index of the shard's key range is held in memory (about 40 bytes a document); tokens are read
+    # document by document as the tar is written, so a writer's memory does not grow with the shard.
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "src", "pos", "run", "start", "len")}
+    paths, bases = [], []
+    for k, name in enumerate(runs):
         with Run(work / name) as r:
+            paths.append(str(work / name))
+            bases.append(r.offset("tokens"))
             d0, d1 = (int(x) for x in r["starts"][s, [spec.lo, spec.hi]])
             if d1 == d0:
                 continue
-            offs = r["offs"][d0:d1 + 1]
-            for k in ("hi", "lo", "src", "pos"):
-                cols[k].append(np.array(r[k][d0:d1]))
+            offs = np.array(r["offs"][d0:d1 + 1])
+            for key in ("hi", "lo", "src", "pos"):
+                cols[key].append(np.array(r[key][d0:d1]))
+            cols["run"].append(np.full(d1 - d0, k, dtype=np.int64))
+            cols["start"].append(offs[:-1])
             cols["len"].append(np.diff(offs))
-            cols["tokens"].append(np.array(r["tokens"][int(offs[0]):int(offs[-1])]))
-            del offs
-    a = {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for k, v in cols.items()}
-    if not cols["tokens"]:
-        a["tokens"] = np.zeros(0, dtype=np.dtype(ctx["dtype"]))
-        a["hi"] = a["lo"] = np.zeros(0, dtype=np.uint64)
-    starts = np.concatenate([[0], np.cumsum(a["len"])])
+    empty = {"hi": np.uint64, "lo": np.uint64, "src": np.uint32}
+    a = {k: np.concatenate(v) if v else np.zeros(0, dtype=empty.get(k, np.int64)) for k, v in cols.items()}
     order = np.lexsort((a["pos"], a["lo"], a["hi"]))
     hi, lo = a["hi"][order], a["lo"][order]
     first = np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])]) if len(order) else np.zeros(0, bool)
-    with ShardWriter(out / spec.rel) as w:
-        for i in order[first]:
-            w.add(f"{int(a['hi'][i]):016x}{int(a['lo'][i]):016x}", a["tokens"][starts[i]:starts[i + 1]])
-        sha = w.close()
+    files = Descriptors()
+    try:
+        with ShardWriter(out / spec.rel) as w:
+            for i in order[first].tolist():
+                k, n = int(a["run"][i]), int(a["len"][i])
+                data = files.pread(paths[k], n * dtype.itemsize, bases[k] + int(a["start"][i]) * dtype.itemsize)
+                w.add(f"{int(a['hi'][i]):016x}{int(a['lo'][i]):016x}", np.frombuffer(data, dtype=dtype))
+            sha = w.close()
+    finally:
+        files.close()
     src = a["src"][order]
     info = {"path": spec.rel, "split": spec.split, "samples": w.samples, "bytes": w.bytes, "tokens": w.tokens,
             "sha256": sha, "keys": [spec.lo, spec.hi], "fingerprint": ctx["fingerprint"],

@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,10 @@ class Run:
         return np.frombuffer(self._mm, dtype=np.dtype(dtype), count=count,
                              offset=self._start + offset).reshape(shape)
 
+    def offset(self, name: str) -> int:
+        """Where array ``name`` starts in the file (to read pieces of it without mapping them)."""
+        return self._start + self._layout[name][0]
+
     def close(self) -> None:
         try:
             self._mm.close()
@@ -73,3 +78,42 @@ class Run:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+
+class Descriptors:
+    """Open read-only descriptors of many files, at most ``limit`` at once (least recently used closed first):
+    a shard's writer reads from every run of the corpus in key order."""
+
+    def __init__(self, limit: int | None = None):
+        if limit is None:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+            if soft != resource.RLIM_INFINITY and soft < want:
+                try:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                    soft = want
+                except (ValueError, OSError):
+                    pass
+            limit = max(16, (soft if soft != resource.RLIM_INFINITY else 1 << 16) // 2)
+        self.limit = limit
+        self._open: OrderedDict[str, int] = OrderedDict()
+
+    def pread(self, path: str, size: int, offset: int) -> bytes:
+        fd = self._open.get(path)
+        if fd is None:
+            if len(self._open) >= self.limit:
+                os.close(self._open.popitem(last=False)[1])
+            fd = self._open[path] = os.open(path, os.O_RDONLY)
+        else:
+            self._open.move_to_end(path)
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{path}: short read ({len(data)} of {size} bytes at {offset})")
+        return data
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
