@@ -36,7 +36,7 @@ import re
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,8 +378,6 @@ class _Pipeline:
         if job.workers is not None and job.workers < 1:
             raise BigtrainError(f"--workers {job.workers}: must be at least 1")
         self.files = readers.expand_inputs(job.inputs)
-        for f in self.files:
-            readers.check_input(f, job.text_field)
         tok = load_tokenizer(job.tokenizer)
         if job.eos_token is not None:
             try:
@@ -397,7 +395,7 @@ class _Pipeline:
         total = sum(f.stat().st_size for f in self.files)
         self.chunk_bytes = (parse_size(job.chunk_size, "--chunk-size") if job.chunk_size is not None
                             else auto_chunk_bytes(total))
-        self.chunks = plan_chunks(self.files, job.text_field, self.chunk_bytes)
+        self.chunks = plan_chunks(self.files, job.text_field, self.chunk_bytes)  # reads parquet footers: checks
         self.dtype = token_dtype(tok.vocab_size)
         self.chunk_fp, self.fingerprint = self._fingerprints()
         self.report = job.report
@@ -543,10 +541,10 @@ class _Pipeline:
         t0 = time.time()
         tokens = 0
         pending: dict = {}
-        queue = list(todo)
+        queue = deque(todo)
         while queue or pending:
             while queue and len(pending) < self.limit:
-                c = queue.pop(0)
+                c = queue.popleft()
                 pending[self.tok_task.remote(self.ctx, c)] = c
                 self.report["ray_objects"] += 1
                 self.report["tokenize_tasks"] += 1
@@ -612,11 +610,11 @@ class _Pipeline:
             bar = self.progress = tqdm(total=len(todo), desc="verify" if verify_only else "write", unit="shard", disable=self.job.quiet,
                                        mininterval=1 if tty else 30, ascii=not tty, dynamic_ncols=True)
             pending: dict = {}
-            queue = list(todo)
+            queue = deque(todo)
             missing = []
             while queue or pending:
                 while queue and len(pending) < self.limit:
-                    spec = queue.pop(0)
+                    spec = queue.popleft()
                     pending[self.write_task.remote(ctx, spec)] = spec
                     self.report["ray_objects"] += 1
                     self.report["write_tasks"] += 1
