@@ -14,21 +14,42 @@ fastest run counts. "Per core" divides by the worker count; scaling efficiency =
 at N workers / per-core tokens/s at 1 (target ≥ 0.9). The load average is printed with each run: with
 other work on the machine, N workers cannot get N cores and the ratio says nothing. The loader is measured through
 ``build_loader`` (what the trainer calls): windows per second × seq_len, one process, warm cache.
+
+Large shards (``--large-shard-gb``, default 1; 0 skips; ``--large-only`` runs only this part): a dataset of
+``--large-shards`` shards of that size (random uint16 tokens in documents of 1–20k tokens, written with
+``ShardWriter``) is read for one epoch at seq_len 4096 and 8192 (``--large-seq-lens``), each run in its own
+process and through ``DistributedWindowLoader``: by ``ShardWindowSource`` (memory-mapped shards, windows
+copied out of the documents they span) and, for reference, by the source as it was before (every shard
+switch reads, hashes and decodes the whole shard into an LRU cache of decoded shards), reimplemented here.
+It prints tokens/s over the epoch (which includes opening and sha256-checking every shard once), peak RSS
+of each process, and what a shard's first open costs: the streamed sha256 check, the mapped reader's
+index, the old whole-shard decode.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import gzip
+import hashlib
 import json
 import os
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bigtrain.data.shard_source import ShardWindowSource  # noqa: E402
+from bigtrain.errors import BigtrainError  # noqa: E402
 
 
 def _ray_cpu_seconds() -> float:
@@ -52,7 +73,163 @@ def _ray_cpu_seconds() -> float:
     return total
 
 
+# --- large shards ---------------------------------------------------------------------------------
+
+def _decode_whole_shard(path: Path, sha256: str | None) -> np.ndarray:
+    """REFERENCE ONLY (the reader before the mapped one): read the whole file, hash it in memory, and
+    concatenate every document into one decoded array."""
+    buf = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(buf).hexdigest() != sha256:
+        raise BigtrainError(f"{path}: shard's sha256 is not the one in the manifest")
+    mv, pieces, dtype, pos = memoryview(buf), [], None, 0
+    while pos + 512 <= len(buf) and buf[pos:pos + 512] != b"\0" * 512:
+        size = int(buf[pos + 124:pos + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        start, pos = pos + 512, pos + 512 + (size + 511) // 512 * 512
+        hlen = int.from_bytes(buf[start + 8:start + 10], "little")
+        if dtype is None:
+            dtype = np.dtype(ast.literal_eval(buf[start + 10:start + 10 + hlen].decode("latin1"))["descr"])
+        pieces.append(np.frombuffer(mv[start + 10 + hlen:start + size], dtype=dtype))
+    return np.concatenate(pieces)
+
+
+class WholeShardDecodeSource(ShardWindowSource):
+    """REFERENCE ONLY: ShardWindowSource as it was before the mapped reader. A shard switch decodes the
+    whole shard (:func:`_decode_whole_shard`) into an LRU cache of decoded shards (at least 4, as many as a
+    shuffle block spans within 2^30 decoded tokens); a window is a slice of a decoded shard."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        span = (max(self.shuffle_buffer, 1) + 1) * self.seq_len
+        need = int(np.ceil(span / max(1.0, float(self.shard_tokens.min())))) + 2
+        budget = max(1, int((1 << 30) // max(1, int(self.shard_tokens.max()))))
+        self.cache_shards = min(len(self.paths), max(4, min(need, budget)))
+        self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _decoded_shard(self, i: int) -> np.ndarray:
+        arr = self._decoded.get(i)
+        if arr is None:
+            arr = _decode_whole_shard(self.paths[i], None if i in self._verified else self.sha256[i])
+            self._verified.add(i)
+            self._decoded[i] = arr
+            if len(self._decoded) > self.cache_shards:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(i)
+        return arr
+
+    def window(self, index: int) -> np.ndarray:
+        epoch, w = self._position(index)
+        order, starts = self._epoch(epoch)
+        start = w * self.seq_len
+        j = int(np.searchsorted(starts, start, side="right")) - 1
+        off = start - int(starts[j])
+        arr = self._decoded_shard(int(order[j]))
+        if off + self.seq_len + 1 <= len(arr):
+            return arr[off:off + self.seq_len + 1].astype(np.int64)
+        out = np.empty(self.seq_len + 1, dtype=np.int64)
+        filled = 0
+        while filled < len(out):
+            arr = self._decoded_shard(int(order[j]))
+            take = min(len(arr) - off, len(out) - filled)
+            out[filled:filled + take] = arr[off:off + take]
+            filled, j, off = filled + take, j + 1, 0
+        return out
+
+
+def _write_large_dataset(root: Path, shard_gb: float, n_shards: int, vocab: int = 32000) -> list[dict]:
+    """``n_shards`` shards of ``shard_gb`` GB of random uint16 tokens in documents of 1–20k tokens, and a
+    manifest; returns the manifest's shard records."""
+    from bigtrain.data.shards import FORMAT, ShardWriter
+
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, vocab, 1 << 26, dtype=np.uint16)  # documents are slices of one pool: quick to make
+    shards = []
+    for s in range(n_shards):
+        rel = f"train/shard-{s:05d}.tar"
+        with ShardWriter(root / rel) as w:
+            while w.bytes < shard_gb * 1e9:
+                n, off = int(rng.integers(1, 20_001)), int(rng.integers(0, len(pool) - 20_000))
+                w.add(f"{s:08x}{w.samples:024x}", pool[off:off + n])
+            sha = w.close()
+        shards.append({"path": rel, "split": "train", "samples": w.samples, "bytes": w.bytes, "tokens": w.tokens,
+                       "sha256": sha})
+    manifest = {"format": FORMAT, "tokenizer": {"vocab_size": vocab, "sha256": "bench"}, "shards": shards}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return shards
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; getrusage's ru_maxrss would carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _loader_child(impl: str, directory: str, seq_len: int, micro_batch: int) -> None:
+    """One epoch through the loader in this (fresh) process; prints a JSON line of the results."""
+    from bigtrain.data.loader import DistributedWindowLoader
+
+    rss0 = _peak_rss_mb()
+    cls = ShardWindowSource if impl == "mapped" else WholeShardDecodeSource
+    loader = DistributedWindowLoader(cls(directory, seq_len, seed=0, shuffle_buffer=1024), micro_batch)
+    batches = len(loader.source) // micro_batch
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        loader.next_batch()
+    dt = time.perf_counter() - t0
+    print(json.dumps({"tokens": batches * micro_batch * seq_len, "seconds": dt, "rss0_mb": rss0,
+                      "peak_rss_mb": _peak_rss_mb()}))
+
+
+def bench_large_shards(args) -> None:
+    from bigtrain.data.shards import open_shard
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_data_large_"))
+    try:
+        t0 = time.time()
+        shards = _write_large_dataset(tmp, args.large_shard_gb, args.large_shards)
+        first = shards[0]
+        print(f"large shards: {len(shards)} shards of {first['bytes'] / 1e9:.2f} GB ({first['tokens']:,} tokens in "
+              f"{first['samples']:,} documents of 1-20k tokens each) written in {time.time() - t0:.1f}s")
+        path = tmp / first["path"]
+        t0 = time.perf_counter()
+        open_shard(path, first["sha256"])
+        t_first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        open_shard(path)
+        t_open = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _decode_whole_shard(path, None)
+        t_decode = time.perf_counter() - t0
+        t_hash = max(t_first - t_open, 1e-9)
+        print(f"opening one shard: first open in a process {t_first:.2f}s = sha256 check (streamed through the map) "
+              f"{t_hash:.2f}s ({first['bytes'] / 1e6 / t_hash:,.0f} MB/s) + index {t_open:.2f}s; later opens "
+              f"{t_open:.2f}s; the old reader decoded the whole shard on every switch: {t_decode:.2f}s + its sha256 "
+              "on the first")
+        print(f"loader over one epoch (each shard opened and sha256-checked once), micro_batch "
+              f"{args.micro_batch_size}, one fresh process per run:")
+        print(f"{'seq_len':>7}  {'reader':<36} {'M tokens/s':>10} {'peak RSS MB':>11} {'(at start)':>10}")
+        for seq_len in args.large_seq_lens:
+            got = {}
+            for impl, label in (("mapped", "memory-mapped (the loader)"),
+                                ("whole", "whole-shard decode (reference, old)")):
+                out = subprocess.run([sys.executable, __file__, "--large-child", impl, str(tmp), str(seq_len),
+                                      str(args.micro_batch_size)], check=True, capture_output=True, text=True).stdout
+                r = got[impl] = json.loads(out.strip().splitlines()[-1])
+                print(f"{seq_len:>7}  {label:<36} {r['tokens'] / r['seconds'] / 1e6:>10,.1f} "
+                      f"{r['peak_rss_mb']:>11,.0f} {r['rss0_mb']:>10,.0f}")
+            m, w = got["mapped"], got["whole"]
+            print(f"{seq_len:>7}  mapped / reference: {w['seconds'] / m['seconds']:.2f}x tokens/s, "
+                  f"{m['peak_rss_mb'] / w['peak_rss_mb']:.2f}x peak RSS")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--large-child"]:
+        impl, directory, seq_len, micro_batch = sys.argv[2:6]
+        return _loader_child(impl, directory, int(seq_len), int(micro_batch))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--vocab-size", type=int, default=8000)
@@ -62,7 +239,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--large-shard-gb", type=float, default=1.0, help="shard size of the large-shard case (0: skip it)")
+    ap.add_argument("--large-shards", type=int, default=2)
+    ap.add_argument("--large-seq-lens", type=int, nargs="+", default=[4096, 8192])
+    ap.add_argument("--large-only", action="store_true", help="only the large-shard case")
     args = ap.parse_args()
+    if not args.large_only:
+        bench_preprocess_and_loader(args)
+    if args.large_shard_gb > 0:
+        bench_large_shards(args)
+
+
+def bench_preprocess_and_loader(args) -> None:
 
     import ray
 
@@ -143,25 +331,22 @@ def main() -> None:
     tokens = args.loader_batches * args.micro_batch_size * args.seq_len
     print(f"loader: seq_len={args.seq_len} micro_batch={args.micro_batch_size}: {tokens:,} tokens in {dt:.2f}s "
           f"= {tokens / dt / 1e6:,.1f} M tokens/s per process")
-    # What the loader's first-open check of each shard (sha256 against the manifest) costs, beside decoding.
-    import hashlib
+    # What the loader's first-open check of each shard (sha256 against the manifest) costs, beside opening it.
+    from bigtrain.data.shards import load_manifest, open_shard
 
-    from bigtrain.data.shards import read_shard
-
-    shards = sorted(Path(out).glob("*/*.tar"))
+    shards = [(Path(out) / s["path"], s["sha256"]) for s in load_manifest(out)["shards"]]
     t0 = time.perf_counter()
-    for f in shards:
-        read_shard(f)
-    t_decode = time.perf_counter() - t0
+    for f, _ in shards:
+        open_shard(f)
+    t_open = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for f in shards:
-        hashlib.sha256(f.read_bytes()).hexdigest()
-    t_hash = time.perf_counter() - t0
-    mb = sum(f.stat().st_size for f in shards) / 1e6
+    for f, sha in shards:
+        open_shard(f, sha)
+    t_hash = max(time.perf_counter() - t0 - t_open, 1e-9)
+    mb = sum(f.stat().st_size for f, _ in shards) / 1e6
     print(f"shard check: sha256 of {len(shards)} shards ({mb:,.0f} MB) {t_hash:.2f}s = {mb / t_hash:,.0f} MB/s, beside "
-          f"decoding them {t_decode:.2f}s: +{t_hash / t_decode:.0%} on a shard's first open in a process (once)")
-    import shutil
-
+          f"opening them (index and map) {t_open:.2f}s: +{t_hash / t_open:.0%} on a shard's first open in a process "
+          "(once)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -9,9 +9,12 @@ does not fill a window is dropped. Windows are then shuffled within consecutive 
 result is computable for any index. Epochs repeat with fresh orders.
 
 ``window(i)`` therefore depends only on (dataset, split, seq_len, seed, shuffle_buffer, i): no state,
-so resuming at any sample under any data-parallel degree is exact. Decoded shards are kept in a
-small LRU cache; windows of one shuffle block are close together in the stream, so a block touches
-only a shard or two.
+so resuming at any sample under any data-parallel degree is exact. Shards are never decoded whole: a
+window is copied out of the read-only memory maps of the documents it spans (:func:`open_shard`), and
+an LRU cache keeps the small per-shard indexes and maps of the shards a shuffle block touches (windows
+of one block are close together in the stream, so a shard or two). Pages read are dropped from the
+process's resident memory whenever the stream position moves to the next span of blocks, so resident
+memory follows the shuffle block, not the shard size.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bigtrain.data.shards import load_manifest, read_shard
+from bigtrain.data.shards import MappedShard, load_manifest, open_shard
 from bigtrain.errors import BigtrainError
 
 
-MAX_CACHE_TOKENS = 1 << 30  # decoded tokens the shard cache may hold (2 GiB at uint16)
+MAX_OPEN_SHARDS = 64  # shards the cache keeps indexed and mapped (a file descriptor each)
+RELEASE_WINDOWS = 1024  # pages read are dropped each time the position enters the next span of >= this many windows
 
 
 class ShardWindowSource:
@@ -47,6 +51,7 @@ class ShardWindowSource:
         self.paths = [self.directory / s["path"] for s in shards]
         self.shard_tokens = np.array([s["tokens"] for s in shards], dtype=np.int64)
         self.sha256 = [s.get("sha256") for s in shards]
+        self._names = [f"{self.directory.name}/{p.relative_to(self.directory)}" for p in self.paths]  # for sample_id
         self._verified: set[int] = set()  # shards whose bytes this process has checked against sha256
         for p, s in zip(self.paths, shards):
             if not p.is_file():
@@ -58,12 +63,14 @@ class ShardWindowSource:
         if self.n_windows < 1:
             raise BigtrainError(f"{self.directory}: the {split} split has {self.total_tokens} tokens, fewer than "
                                 f"one window of model.seq_len+1 = {self.seq_len + 1}")
-        # keep every shard one shuffle block can touch (plus one on each side) decoded, within a budget
+        # keep every shard one shuffle block can touch (plus one on each side) open
         span = (max(self.shuffle_buffer, 1) + 1) * self.seq_len
         need = int(np.ceil(span / max(1.0, float(self.shard_tokens.min())))) + 2
-        budget = max(1, int(MAX_CACHE_TOKENS // max(1, int(self.shard_tokens.max()))))
-        self.cache_shards = min(len(self.paths), max(self.cache_shards, min(need, budget)))
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.cache_shards = min(len(self.paths), max(self.cache_shards, min(need, MAX_OPEN_SHARDS)))
+        self._cache: OrderedDict[int, MappedShard] = OrderedDict()
+        b = max(self.shuffle_buffer, 1)
+        self._release_span = -(-RELEASE_WINDOWS // b) * b  # whole shuffle blocks, so a block is never split
+        self._span = None  # (epoch, span) of the last window read
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
@@ -102,42 +109,47 @@ class ShardWindowSource:
                 self._blocks.popitem(last=False)
         return epoch, int(perm[r])
 
-    def _shard(self, i: int) -> np.ndarray:
-        arr = self._cache.get(i)
-        if arr is None:
-            # Hashing costs one pass over bytes already in memory, once per shard and process.
-            _keys, _lengths, arr = read_shard(self.paths[i], None if i in self._verified else self.sha256[i])
+    def _shard(self, i: int) -> MappedShard:
+        shard = self._cache.get(i)
+        if shard is None:
+            # Only the first open in this process hashes the file (through the map, a block at a time).
+            shard = open_shard(self.paths[i], None if i in self._verified else self.sha256[i])
             self._verified.add(i)
-            if len(arr) != self.shard_tokens[i]:
-                raise BigtrainError(f"{self.paths[i]}: holds {len(arr)} tokens, the manifest says "
+            if shard.n_tokens != self.shard_tokens[i]:
+                raise BigtrainError(f"{self.paths[i]}: holds {shard.n_tokens} tokens, the manifest says "
                                     f"{self.shard_tokens[i]}")
-            self._cache[i] = arr
+            self._cache[i] = shard
             if len(self._cache) > self.cache_shards:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(i)
-        return arr
+        return shard
+
+    def _follow(self, epoch: int, w: int) -> None:
+        """Drop the pages read so far once the position leaves its span of shuffle blocks: the next
+        windows are elsewhere in the stream, and the maps would otherwise keep whole shards resident."""
+        span = (epoch, w // self._release_span)
+        if span != self._span:
+            if self._span is not None:
+                for shard in self._cache.values():
+                    shard.release()
+            self._span = span
 
     # --- WindowSource -------------------------------------------------------------------------
     def window(self, index: int) -> np.ndarray:
         epoch, w = self._position(index)
+        self._follow(epoch, w)
         order, starts = self._epoch(epoch)
         start = w * self.seq_len
-        end = start + self.seq_len + 1
-        j = int(np.searchsorted(starts, start, side="right")) - 1
-        off = start - int(starts[j])
-        arr = self._shard(int(order[j]))
-        if off + self.seq_len + 1 <= len(arr):
-            return arr[off:off + self.seq_len + 1].astype(np.int64)
         out = np.empty(self.seq_len + 1, dtype=np.int64)
-        filled = 0
-        while filled < end - start:
-            arr = self._shard(int(order[j]))
-            take = min(len(arr) - off, end - start - filled)
-            out[filled:filled + take] = arr[off:off + take]
+        j = int(np.searchsorted(starts, start, side="right")) - 1
+        off, filled = start - int(starts[j]), 0
+        while filled < len(out):  # on into the next shards of the order when this one ends mid-window
+            shard = self._shard(int(order[j]))
+            take = min(shard.n_tokens - off, len(out) - filled)
+            shard.copy(off, off + take, out[filled:filled + take])
             filled += take
-            j += 1
-            off = 0
+            j, off = j + 1, 0
         return out
 
     def sample_id(self, index: int) -> str:
@@ -145,7 +157,7 @@ class ShardWindowSource:
         order, starts = self._epoch(epoch)
         start = w * self.seq_len
         j = int(np.searchsorted(starts, start, side="right")) - 1
-        return f"{self.directory.name}/{self.paths[int(order[j])].relative_to(self.directory)}@{start - int(starts[j])}"
+        return f"{self._names[int(order[j])]}@{start - int(starts[j])}"
 
     def __len__(self) -> int:
         return self.n_windows

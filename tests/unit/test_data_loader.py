@@ -149,3 +149,115 @@ def test_synthetic_and_npy_still_work(tmp_path):
     for path in ("synthetic", str(tmp_path / "t.npy")):
         x, y = build_loader(job([path], vocab=256), 0, 1).next_batch()
         assert x.shape == (2, 32)
+
+
+def _reference_windows(directory, seq_len, seed, shuffle_buffer, indices, split="train", stream=0):
+    """Windows as the module docstring of shard_source defines them, from whole decoded shards: the
+    straightforward implementation the mapped reader must reproduce token for token."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    shards = [s for s in manifest["shards"] if s["split"] == split and s["tokens"] > 0]
+    tokens = [read_shard(directory / s["path"])[2].astype(np.int64) for s in shards]
+    n_windows = (sum(map(len, tokens)) - 1) // seq_len
+    out = []
+    for i in indices:
+        epoch, k = divmod(i, n_windows)
+        order = (np.random.default_rng([seed, stream, epoch, 1]).permutation(len(shards)) if shuffle_buffer > 0
+                 else np.arange(len(shards)))
+        stream_tokens = np.concatenate([tokens[o] for o in order])
+        if shuffle_buffer > 1:
+            block, r = divmod(k, shuffle_buffer)
+            lo = block * shuffle_buffer
+            size = min(shuffle_buffer, n_windows - lo)
+            k = int(np.random.default_rng([seed, stream, epoch, 2, block]).permutation(size)[r]) + lo
+        out.append(stream_tokens[k * seq_len:k * seq_len + seq_len + 1])
+    return out
+
+
+def _varied_dataset(root, dtype, seed=0):
+    """Shards from a handful of tokens (shorter than a window) to long documents, and one empty shard:
+    windows span documents and one, two or more shards."""
+    rng = np.random.default_rng(seed)
+    high = 1000 if dtype == np.uint16 else 100_000
+    docs_per_shard = [[1], [3, 1, 2], [900], [1, 1, 1, 1, 1], [], [50, 400, 7, 2000, 5], [33] * 20, [2]]
+    shards = []
+    written = {}
+    (root / "train").mkdir(parents=True)
+    for s, lengths in enumerate(docs_per_shard):
+        docs = [(f"{s:04d}{i:028d}", rng.integers(0, high, n).astype(dtype)) for i, n in enumerate(lengths)]
+        rel = f"train/shard-{s:05d}.tar"
+        data = shard_bytes(docs)
+        (root / rel).write_bytes(data)
+        written[rel] = docs
+        shards.append({"path": rel, "split": "train", "samples": len(docs), "bytes": len(data),
+                       "tokens": int(sum(lengths)), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"format": FORMAT, "tokenizer": {"vocab_size": high, "sha256": "t" * 64}, "shards": shards}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root, written
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_read_shard_returns_the_written_documents(tmp_path, dtype):
+    root, written = _varied_dataset(tmp_path, dtype)
+    for rel, docs in written.items():
+        keys, lengths, tokens = read_shard(root / rel)
+        assert keys == [k for k, _ in docs] and lengths.dtype == np.int64
+        assert lengths.tolist() == [len(d) for _, d in docs]
+        assert tokens.dtype == np.dtype(dtype if docs else np.uint16)  # an empty shard has no dtype to tell
+        assert np.array_equal(tokens, np.concatenate([d for _, d in docs]) if docs else np.zeros(0, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_mapped_windows_match_whole_shard_reference(tmp_path, monkeypatch, dtype):
+    import bigtrain.data.shard_source as shard_source
+
+    root, _ = _varied_dataset(tmp_path, dtype)
+    rng = np.random.default_rng(1)
+    for seq_len in (1, 4, 31, 256, 1500):
+        for shuffle_buffer in (0, 1, 3, 64):
+            src = ShardWindowSource(root, seq_len=seq_len, seed=5, shuffle_buffer=shuffle_buffer)
+            n = src.n_windows
+            order = list(range(3 * n))  # three epochs in order, then random access
+            order += rng.integers(0, 5 * n, 200).tolist()
+            want = _reference_windows(root, seq_len, 5, shuffle_buffer, order)
+            for i, w in zip(order, want):
+                got = src.window(i)
+                assert got.dtype == np.int64 and np.array_equal(got, w), (seq_len, shuffle_buffer, i)
+    # a one-shard cache and a release of the mapped pages at every window change nothing
+    monkeypatch.setattr(shard_source, "MAX_OPEN_SHARDS", 1)
+    monkeypatch.setattr(shard_source, "RELEASE_WINDOWS", 1)
+    src = ShardWindowSource(root, seq_len=31, seed=5, shuffle_buffer=3, cache_shards=1)
+    assert src.cache_shards == 1
+    idx = rng.integers(0, 4 * src.n_windows, 300).tolist()
+    for i, w in zip(idx, _reference_windows(root, 31, 5, 3, idx)):
+        assert np.array_equal(src.window(i), w)
+
+
+def test_shard_hashed_on_first_open_only(tmp_path, monkeypatch):
+    import bigtrain.data.shard_source as shard_source
+    import bigtrain.data.shards as shards
+
+    root, _ = _varied_dataset(tmp_path, np.uint16)
+    hashed, opened = [], []
+    real_check, real_open = shards._check_sha256, shard_source.open_shard
+    monkeypatch.setattr(shards, "_check_sha256",
+                        lambda path, buf, sha: (hashed.append(path.name), real_check(path, buf, sha)))
+    monkeypatch.setattr(shard_source, "open_shard",
+                        lambda path, sha: (opened.append(path.name), real_open(path, sha))[1])
+    monkeypatch.setattr(shard_source, "MAX_OPEN_SHARDS", 1)
+    src = ShardWindowSource(root, seq_len=4, seed=0, shuffle_buffer=0, cache_shards=1)
+    for i in range(3 * src.n_windows):  # three passes with a one-shard cache: each shard is opened 3 times
+        src.window(i)
+    assert len(opened) >= 3 * len(set(opened)) >= 3 * 6
+    assert sorted(hashed) == sorted(set(opened))
+    # a byte changed in place (same size) is refused in one line naming the shard
+    target = src.paths[5]
+    data = bytearray(target.read_bytes())
+    data[512 + 128] ^= 0xFF
+    target.write_bytes(bytes(data))
+    fresh = ShardWindowSource(root, seq_len=4, seed=0, shuffle_buffer=0)
+    with pytest.raises(BigtrainError, match=rf"^{target}: shard's sha256 is not the one in the manifest[^\n]*$"):
+        for i in range(fresh.n_windows):
+            fresh.window(i)
+    target.write_bytes(bytes(data[:-1024]))
+    with pytest.raises(BigtrainError, match=rf"^{target}: shard has {len(data) - 1024} bytes, the manifest says"):
+        ShardWindowSource(root, seq_len=4, seed=0)
