@@ -704,8 +704,18 @@ def init_local_ray(num_cpus: int) -> None:
 
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, **WORKER_ENV}})
+    # Through the environment the raylet inherits rather than a runtime_env: the workers Ray starts with the
+    # raylet then fit every task, so the first tasks do not wait for new worker processes.
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", *WORKER_ENV)}
+    os.environ.update({"PYTHONPATH": path, **WORKER_ENV})
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _unwrap(ray, e: Exception) -> Exception:
