@@ -3,6 +3,7 @@
 # tensor parallelism over 2 CPU processes → held-out evaluation → Hugging Face export (checked against transformers) →
 # a generated sample → summary. Each stage's command is the one the README shows.
 # Usage: tools/main_job.sh [OUT_DIR]   (default runs/quickstart; re-running resumes/reuses stages)
+# MAIN_JOB_STEPS (default 300) sets the training steps; MAIN_JOB_STOP_AFTER=N ends the job after stage N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
@@ -10,7 +11,13 @@ BIN=${VENV:-.venv}/bin
 export PATH="$BIN:$PATH" DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 STEPS=${MAIN_JOB_STEPS:-300}
 start=$(date +%s)
-stage() { printf '\n=== %s (%ss)\n' "$1" $(( $(date +%s) - start )); }
+stage() {
+  if [ -n "${MAIN_JOB_STOP_AFTER:-}" ] && [ "${1%%/*}" -gt "$MAIN_JOB_STOP_AFTER" ]; then
+    printf '\nmain job stopped after stage %s (MAIN_JOB_STOP_AFTER) in %ss\n' "$MAIN_JOB_STOP_AFTER" $(( $(date +%s) - start ))
+    exit 0
+  fi
+  printf '\n=== %s (%ss)\n' "$1" $(( $(date +%s) - start ))
+}
 
 stage "1/7 tokenizer: sentencepiece BPE, 4096 tokens"
 [ -f "$OUT/tokenizer/tokenizer.model" ] || \

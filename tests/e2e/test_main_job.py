@@ -35,9 +35,11 @@ def test_main_job_script(tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     assert ev["split"] == "heldout" and ev["tokens"] > 0 and 0 < ev["bpb"] < 8 and ev["ppl"] > 1
     assert (out / "hf" / "config.json").is_file() and (out / "sample.txt").read_text().startswith("The Python")
-    # Re-running reuses the tokenizer and the verified shards, and the finished run stays finished.
-    again = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=900)
+    # Re-running reuses the tokenizer and the verified shards, and the finished run stays finished (the later
+    # stages only read what these leave, so the re-run stops after training).
+    again = subprocess.run(["bash", "tools/main_job.sh", str(out)], cwd=REPO, env={**env, "MAIN_JOB_STOP_AFTER": "3"},
+                           capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from" in again.stdout
+    assert "is up to date (9 shards verified)" in again.stdout
+    assert "resumed from" in again.stdout and "main job stopped after stage 3" in again.stdout
     assert [r["step"] for r in metrics(out / "train")] == [r["step"] for r in rows]

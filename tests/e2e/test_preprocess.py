@@ -1,7 +1,7 @@
 """`bigtrain preprocess` end to end on the bundled real-text corpus, with Ray tasks.
 
-One local Ray (2 CPUs) serves the module; `workers` then caps the tokenize tasks in flight. One test
-runs the CLI in a subprocess, which starts (and stops) its own local Ray.
+One local Ray (2 CPUs) serves the module; `workers` then caps the tokenize tasks in flight. The CLI starting
+its own Ray is run in tests/e2e/test_preprocess_scale.py.
 """
 
 from __future__ import annotations
@@ -133,18 +133,6 @@ def test_rerun_keeps_verified_shards(ds, corpus, tmp_path):
     assert _files(out) == before
     assert (out / "train/shard-00002.tar").stat().st_mtime_ns == mtimes["train/shard-00002.tar"]
     assert (out / "train/shard-00001.tar").stat().st_mtime_ns != mtimes["train/shard-00001.tar"]
-
-
-def test_cli_starts_its_own_ray_and_matches(ds, corpus, tmp_path):
-    out = tmp_path / "cli"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "bigtrain", "preprocess", "--input", *corpus["inputs"],
-                        "--tokenizer", str(corpus["tok"]), "--output", str(out), "--num-shards", "3",
-                        "--heldout-fraction", "0.05", "--text-field", "content", "--workers", "1"],
-                       capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert "preprocess: wrote" in r.stdout and "duplicate=1, invalid_utf8=1" in r.stdout  # progress + summary table
-    assert _files(out) == _files(ds[0])
 
 
 # ---------------------------------------------------------------- bad inputs: one line each

@@ -1,7 +1,7 @@
 """`bigtrain preprocess` at scale, on one uncompressed jsonl file of the bundled corpus cut into many chunks:
 the file is read by many tasks, shards meet the size target, and a driver killed with SIGKILL mid-run is
-resumed chunk by chunk to the same bytes as an uninterrupted run (with another chunk size and worker count,
-which must not matter either). Multi-node scheduling is in tests/e2e/test_ray_cluster.py.
+resumed chunk by chunk, by the same command run again, to the same bytes as an uninterrupted run (with another
+chunk size and worker count, which must not matter either). The CLI runs start their own local Ray. Multi-node scheduling is in tests/e2e/test_ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,16 +103,21 @@ def test_driver_killed_mid_run_resumes_per_chunk(ref, big):
             os.killpg(proc.pid, signal.SIGKILL)  # Ray agents the driver left behind
         except ProcessLookupError:
             pass
-    done_before = {r["chunk"] for r in _records(out)}
+    pids_before = {r["chunk"]: r["pid"] for r in _records(out)}
+    done_before = set(pids_before)
     total = -(-big["docs"].stat().st_size // 64_000)
     assert 3 <= len(done_before) < total
     assert not (out / "manifest.json").exists()
 
-    job = _job(big, out, chunk_size="64k")  # in-process, on the module's 2-CPU Ray
-    job.run()
-    assert job.report["chunks_reused"] >= len(done_before)
-    assert job.report["tokenize_tasks"] == total - job.report["chunks_reused"]
-    assert {r["chunk"] for r in _records(out) if r["chunk"] in done_before} == done_before
+    # The same command again, with 2 workers: its own Ray again, progress on stderr, the summary on stdout.
+    again = subprocess.run([*cmd[:-2], "2"], env=env_for_tests(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    m = re.search(r"preprocess: (\d+) chunks of up to 64,000 bytes \((\d+) reused\), (\d+) Ray objects", again.stdout)
+    assert m and int(m.group(1)) == total and int(m.group(2)) >= len(done_before), again.stdout
+    assert int(m.group(3)) == 1 + (total - int(m.group(2))) + len(ref[1]["shards"])  # tasks only for the rest
+    assert "preprocess: wrote" in again.stdout and "docs.jsonl" in again.stdout and "duplicate=" in again.stdout
+    assert "tokenize: 100%" in again.stderr and "write: 100%" in again.stderr
+    assert {r["chunk"]: r["pid"] for r in _records(out) if r["chunk"] in done_before} == pids_before
     assert _files(out) == _files(ref[0])  # chunk size, worker count and the kill changed nothing
     assert not (out / ".work").exists()
 
