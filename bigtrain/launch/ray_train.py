@@ -31,13 +31,15 @@ class InjectedFault(RuntimeError):
 
 
 class ReportCheckpoints(Callback):
-    """Tell Ray Train about each checkpoint (on every rank: Ray's report is a collective)."""
+    """Tell Ray Train about each checkpoint. Ray's report is a collective, so every rank calls it; only rank 0
+    hands over the directory (all ranks share it), so Ray keeps one copy of each save, not one per rank."""
 
     def on_checkpoint(self, trainer, ckpt_dir: Path) -> None:
         import ray.train
         from ray.train import Checkpoint
 
-        ray.train.report({"step": trainer.step}, checkpoint=Checkpoint.from_directory(str(ckpt_dir)))
+        ckpt = Checkpoint.from_directory(str(ckpt_dir)) if trainer.info.rank == 0 else None
+        ray.train.report({"step": trainer.step}, checkpoint=ckpt)
 
 
 class FaultInjection(Callback):
@@ -89,17 +91,17 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
     run_dir_path.mkdir(parents=True, exist_ok=True)
 
     import ray
-    import torch
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    use_gpu = torch.cuda.is_available()
-    # Handed to the workers through the loop config, not a runtime_env (which would clash with the one
-    # of a `ray job submit`): DeepSpeed's accelerator must be chosen before import, and the test hook.
+    # The test hook reaches the workers through the loop config, not a runtime_env (which would clash with
+    # the one of a `ray job submit`). DeepSpeed's accelerator is chosen in each worker, where its GPUs are.
     env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK, FAULT_KIND) and v}
-    env["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
     if not ray.is_initialized():
         ray.init(address=ray_address)
+    # GPUs are wherever the workers will run, not necessarily here (a `ray job submit` driver often runs on a
+    # CPU-only head): one GPU per worker when the cluster has them.
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"config": str(config_path), "overrides": list(overrides), "run_dir": str(run_dir_path),
@@ -108,7 +110,8 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
         run_config=RunConfig(name="bigtrain", storage_path=str(run_dir_path / "ray"),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=max(1, job.checkpoint.keep))),
     )
     try:
         result = trainer.fit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import warnings
@@ -26,6 +27,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_hostlist_host(nodelist: str) -> str:
+    """The first host of a SLURM host list (``gpu[001-004,007],cpu1`` → ``gpu001``), as ``scontrol show
+    hostnames`` would print it; for containers without ``scontrol``."""
+    first, depth = [], 0
+    for ch in nodelist.strip():
+        if ch == "," and depth == 0:
+            break
+        depth += (ch == "[") - (ch == "]")
+        first.append(ch)
+    # every bracket stands for its first value, zero-padding kept: [001-004,007] -> 001
+    return re.sub(r"\[([^],-]*)[^]]*\]", r"\1", "".join(first))
+
+
 def _first_slurm_host() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     if not nodelist:
@@ -33,9 +47,23 @@ def _first_slurm_host() -> str:
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                              check=True, timeout=30).stdout.split()
-        return out[0] if out else "127.0.0.1"
+        return out[0] if out else first_hostlist_host(nodelist)
     except (OSError, subprocess.SubprocessError):
-        return nodelist.split(",")[0]
+        return first_hostlist_host(nodelist)
+
+
+def cuda_device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of a process: its LOCAL_RANK among the node's GPUs, or 0 when SLURM binds one GPU to
+    each task (``--gpus-per-task=1``: every task sees only its own, as device 0)."""
+    if visible == 1:
+        return 0
+    if not 0 <= local_rank < visible:
+        from bigtrain.errors import BigtrainError
+
+        raise BigtrainError(f"LOCAL_RANK={local_rank} but this process sees {visible} GPUs "
+                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                            "start one process per GPU")
+    return local_rank
 
 
 def map_launcher_env() -> None:
@@ -90,8 +118,9 @@ def init_distributed() -> DistInfo:
 
     local_rank = int(os.environ["LOCAL_RANK"])
     if kind == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = cuda_device_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     backend = "nccl" if kind == "cuda" else "gloo"
