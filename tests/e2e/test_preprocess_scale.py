@@ -85,7 +85,7 @@ def test_driver_killed_mid_run_resumes_per_chunk(ref, big):
     out = big["root"] / "killed"
     cmd = [sys.executable, "-m", "bigtrain", "preprocess", "--input", str(big["docs"]), "--tokenizer",
            str(big["tok"]), "--output", str(out), "--shard-size", str(SHARD), "--heldout-fraction", "0.02",
-           "--chunk-size", "64k", "--workers", "1", "--quiet"]
+           "--chunk-size", "128k", "--workers", "1", "--quiet"]
     proc = subprocess.Popen(cmd, env=env_for_tests(), start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     chunks = out / ".state" / "chunks"
@@ -105,14 +105,14 @@ def test_driver_killed_mid_run_resumes_per_chunk(ref, big):
             pass
     pids_before = {r["chunk"]: r["pid"] for r in _records(out)}
     done_before = set(pids_before)
-    total = -(-big["docs"].stat().st_size // 64_000)
+    total = -(-big["docs"].stat().st_size // 128_000)
     assert 3 <= len(done_before) < total
     assert not (out / "manifest.json").exists()
 
     # The same command again, with 2 workers: its own Ray again, progress on stderr, the summary on stdout.
     again = subprocess.run([*cmd[:-2], "2"], env=env_for_tests(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    m = re.search(r"preprocess: (\d+) chunks of up to 64,000 bytes \((\d+) reused\), (\d+) Ray objects", again.stdout)
+    m = re.search(r"preprocess: (\d+) chunks of up to 128,000 bytes \((\d+) reused\), (\d+) Ray objects", again.stdout)
     assert m and int(m.group(1)) == total and int(m.group(2)) >= len(done_before), again.stdout
     assert int(m.group(3)) == 1 + (total - int(m.group(2))) + len(ref[1]["shards"])  # tasks only for the rest
     assert "preprocess: wrote" in again.stdout and "docs.jsonl" in again.stdout and "duplicate=" in again.stdout
