@@ -496,6 +496,29 @@ class _Pipeline:
         self.report["write_s"] = round(time.time() - t0, 2)
         return self._manifest(plan, infos, records)
 
+    def _bar(self, desc: str, total: int, **kw):
+        """A progress bar on stderr (closed by run() if a task fails); in a log file, a line every 30 s."""
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self.progress = tqdm(total=total, desc=desc, disable=self.job.quiet, mininterval=1 if tty else 30,
+                             ascii=not tty, dynamic_ncols=True, **kw)
+        return self.progress
+
+    def _as_completed(self, ray, task, ctx: dict, items: list, counter: str):
+        """``(item, result)`` of ``task(ctx, item)`` for every item, as tasks finish, with at most ``self.limit``
+        in flight (each call is one Ray object, counted in the report)."""
+        pending: dict = {}
+        queue = deque(items)
+        while queue or pending:
+            while queue and len(pending) < self.limit:
+                item = queue.popleft()
+                pending[task.remote(ctx, item)] = item
+                self.report["ray_objects"] += 1
+                self.report[counter] += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(done[0]), ray.get(done[0])
+
     def _put_tokenizer(self, ray) -> None:
         if self.ctx["tok"] is None:
             self.ctx["tok"] = (f"{self.tok.sha256}:{self.tok.eos_id}", [ray.put(self.tok)])
@@ -538,10 +561,7 @@ class _Pipeline:
         self.report["chunks_reused"] = len(self.chunks) - len(todo)
         total = sum(c.bytes for c in self.chunks)
         done_bytes = total - sum(c.bytes for c in todo)
-        tty = sys.stderr.isatty()
-        bar = self.progress = tqdm(total=total, initial=done_bytes, unit="B", unit_scale=True, desc="tokenize",
-                                   disable=self.job.quiet, mininterval=1 if tty else 30, ascii=not tty,
-                                   dynamic_ncols=True)
+        bar = self._bar("tokenize", total, initial=done_bytes, unit="B", unit_scale=True)
         if not self.job.quiet and self.report["chunks_reused"]:
             tqdm.write(f"preprocess: {self.report['chunks_reused']} of {len(self.chunks)} chunks already "
                        f"tokenized in {self.out / WORK_DIR}", file=sys.stderr)
@@ -549,17 +569,7 @@ class _Pipeline:
             self._put_tokenizer(ray)
         t0 = time.time()
         tokens = 0
-        pending: dict = {}
-        queue = deque(todo)
-        while queue or pending:
-            while queue and len(pending) < self.limit:
-                c = queue.popleft()
-                pending[self.tok_task.remote(self.ctx, c)] = c
-                self.report["ray_objects"] += 1
-                self.report["tokenize_tasks"] += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            c = pending.pop(done[0])
-            rec, idx, val = ray.get(done[0])
+        for c, (rec, idx, val) in self._as_completed(ray, self.tok_task, self.ctx, todo, "tokenize_tasks"):
             records[c.index] = rec
             np.add.at(self.hist, idx, val)
             tokens += rec["tokens"]
@@ -602,8 +612,6 @@ class _Pipeline:
     def _write(self, ray, plan: list[ShardSpec], records: dict[int, dict],
                verify_only: bool = False) -> dict[ShardSpec, dict]:
         """Write (or keep verified) shards; with ``verify_only``, only the infos of shards that verify."""
-        from tqdm import tqdm
-
         ctx = {**self.ctx, "fingerprint": self.fingerprint, "verify_only": verify_only}
         if not verify_only:
             wanted = {p.rel for p in plan}
@@ -615,21 +623,9 @@ class _Pipeline:
         infos: dict[ShardSpec, dict] = {}
         todo = list(plan)
         for attempt in range(2):
-            tty = sys.stderr.isatty()
-            bar = self.progress = tqdm(total=len(todo), desc="verify" if verify_only else "write", unit="shard", disable=self.job.quiet,
-                                       mininterval=1 if tty else 30, ascii=not tty, dynamic_ncols=True)
-            pending: dict = {}
-            queue = deque(todo)
+            bar = self._bar("verify" if verify_only else "write", len(todo), unit="shard")
             missing = []
-            while queue or pending:
-                while queue and len(pending) < self.limit:
-                    spec = queue.popleft()
-                    pending[self.write_task.remote(ctx, spec)] = spec
-                    self.report["ray_objects"] += 1
-                    self.report["write_tasks"] += 1
-                done, _ = ray.wait(list(pending), num_returns=1)
-                spec = pending.pop(done[0])
-                info = ray.get(done[0])
+            for spec, info in self._as_completed(ray, self.write_task, ctx, todo, "write_tasks"):
                 if info.get("need_runs"):
                     missing.append(spec)
                 else:

@@ -219,13 +219,6 @@ def _txt_chunks(fh) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
-def check_input(path: str | Path, text_field: str = "text") -> None:
-    """Cheap up-front checks before any work is scheduled (a parquet file's footer and column)."""
-    path = Path(path)
-    if detect_format(path) == "parquet":
-        _open_parquet(path, text_field)
-
-
 def _open_parquet(path: Path, field: str):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -44,17 +44,22 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    """A member's header: nothing in it depends on the machine (mtime 0, uid/gid 0, mode 0644)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def shard_bytes(samples: list[tuple[str, np.ndarray]]) -> bytes:
     """A USTAR tar of ``<key>.tokens.npy`` members with fixed metadata (mtime 0, uid/gid 0, mode 0644)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for key, arr in samples:
             data = npy_bytes(arr)
-            info = tarfile.TarInfo(key + SUFFIX)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tf.addfile(info, io.BytesIO(data))
+            tf.addfile(_member_info(key + SUFFIX, len(data)), io.BytesIO(data))
     return out.getvalue()
 
 
@@ -62,11 +67,7 @@ atomic_write = atomic_write_bytes  # the name preprocessing uses
 
 
 def _member_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return _member_info(name, size).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
