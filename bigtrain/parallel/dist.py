@@ -100,6 +100,27 @@ def _restart_scoped_store():
     return torch.distributed.PrefixStore(f"/bigtrain/attempt_{attempt}", store)
 
 
+def _cpu_ranges(cpus: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5"."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def placement() -> str:
+    """Where this rank runs, as the launcher placed it: one line for checking a cluster's binding."""
+    env = os.environ
+    return (f"placement: rank {env.get('RANK')}/{env.get('WORLD_SIZE')} host {socket.gethostname()} "
+            f"local_rank {env.get('LOCAL_RANK')} CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')} "
+            f"cpus {_cpu_ranges(os.sched_getaffinity(0))} master {env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}")
+
+
 @dataclass
 class DistInfo:
     rank: int
@@ -112,6 +133,8 @@ def init_distributed() -> DistInfo:
     """Start the default process group (gloo on CPU, nccl on GPU) through DeepSpeed's comm layer."""
     kind = configure_accelerator()
     map_launcher_env()
+    if os.environ.get("BIGTRAIN_PROBE") == "1":  # set by the cluster scripts' users to check binding
+        print(placement(), flush=True)
     # megatron-core warns at import that Apex / Transformer Engine are absent; bigtrain needs neither.
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import deepspeed
