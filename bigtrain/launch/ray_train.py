@@ -6,6 +6,15 @@ LOCAL_RANK; ``init_distributed`` adopts that group. Every checkpoint the trainer
 is making progress; on a failure ``FailureConfig(max_failures=K)`` restarts the whole group and the trainer
 resumes from the newest complete checkpoint in the run directory (its own, authoritative copy).
 
+Preemption: Ray Train runs the training function in a thread of each worker actor, where Python cannot take
+signals, so the driver does: SIGTERM or SIGUSR1 to ``bigtrain launch ray-train`` (``ray job stop``, SLURM's
+``--signal``, a batch script passing one on) writes the signal number to ``RUN/.bigtrain-stop``; rank 0 of the
+trainer reads that file once a step and all-reduces it like its own signal flag, every rank saves at the end
+of that step and returns, and the driver exits 143 ("stopped early; rerun to resume"). The file is removed
+when the driver starts and when it ends, so a rerun resumes from the save made at the signal.
+
+Where the ranks ran: each worker writes ``RUN/.ray-workers/rank-R.json`` (host name, node IP, Ray node id).
+
 Test hook: ``BIGTRAIN_FAULT_AT_STEP=k`` makes rank ``BIGTRAIN_FAULT_RANK`` (default 0) raise once, when it
 logs step k; a marker file in the run directory keeps later attempts from failing again.
 """
@@ -24,6 +33,9 @@ FAULT_AT_STEP = "BIGTRAIN_FAULT_AT_STEP"
 FAULT_RANK = "BIGTRAIN_FAULT_RANK"
 FAULT_KIND = "BIGTRAIN_FAULT_KIND"  # "raise" (default) or "kill": SIGKILL, like a host losing the process
 FAULT_MARKER = ".bigtrain-fault-injected"
+STOP_FILE = ".bigtrain-stop"
+WORKERS_DIR = ".ray-workers"
+EXIT_PREEMPTED = 143
 
 
 class InjectedFault(RuntimeError):
@@ -60,6 +72,58 @@ class FaultInjection(Callback):
             raise InjectedFault(f"{FAULT_AT_STEP}={self.step}: rank {self.rank} fails on purpose")
 
 
+def _record_placement(run_dir: Path, rank: int, world: int) -> None:
+    import json
+    import socket
+
+    import ray
+
+    ctx = ray.get_runtime_context()
+    rec = {"rank": rank, "world_size": world, "host": socket.gethostname(), "node_id": ctx.get_node_id(),
+           "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+    out = run_dir / WORKERS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".rank-{rank}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(rec) + "\n")
+    os.replace(tmp, out / f"rank-{rank}.json")
+    print(f"ray-train: rank {rank}/{world} on {rec['host']} ({rec['node_ip']}, node {rec['node_id'][:12]})",
+          flush=True)
+
+
+class _StopOnSignal:
+    """SIGTERM / SIGUSR1 to the driver → RUN/.bigtrain-stop, which the workers' trainer polls (see above)."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        first = not self.signum
+        self.signum = self.signum or signum
+        if first:
+            tmp = self.stop_file.with_name(f"{self.stop_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(f"{signum}\n")
+            os.replace(tmp, self.stop_file)
+            print(f"ray-train: got signal {signum}; the workers save at the end of their step and stop",
+                  flush=True)
+
+    def __enter__(self):
+        self.stop_file.unlink(missing_ok=True)  # a request from an earlier attempt is done with
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            # After ray.init, which installs its own SIGTERM handler (sys.exit) in the driver.
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.stop_file.unlink(missing_ok=True)
+
+
 def _worker(cfg: dict[str, Any]) -> None:
     """The training function each Ray Train worker runs."""
     os.environ.update(cfg["env"])
@@ -70,8 +134,10 @@ def _worker(cfg: dict[str, Any]) -> None:
 
     job = load_job_config(cfg["config"], cfg["overrides"])
     run_dir = Path(cfg["run_dir"])
-    trainer = Trainer(job, run_dir, callbacks=[ReportCheckpoints(), FaultInjection(run_dir)])
+    trainer = Trainer(job, run_dir, callbacks=[ReportCheckpoints(), FaultInjection(run_dir)],
+                      stop_file=run_dir / STOP_FILE)
     trainer.setup()
+    _record_placement(run_dir, trainer.info.rank, trainer.info.world_size)
     # No close() on an error: its barrier would wait for ranks still inside a collective, and the
     # exception would never reach Ray Train. Ray tears the group down and restarts it.
     trainer.fit()
@@ -113,11 +179,16 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=max(1, job.checkpoint.keep))),
     )
-    try:
-        result = trainer.fit()
-    except Exception as e:  # TrainingFailedError: the group failed more than max_failures times
-        raise BigtrainError(f"Ray Train gave up after {max_failures} restart(s): {e}") from e
+    with _StopOnSignal(run_dir_path / STOP_FILE) as stop:
+        try:
+            result = trainer.fit()
+        except Exception as e:  # TrainingFailedError: the group failed more than max_failures times
+            raise BigtrainError(f"Ray Train gave up after {max_failures} restart(s): {e}") from e
     if getattr(result, "error", None):
         raise BigtrainError(f"Ray Train failed: {result.error}")
+    if stop.signum:
+        print(f"ray-train: stopped early on signal {stop.signum}; checkpoint saved in {run_dir_path / 'checkpoints'}"
+              f" (exit {EXIT_PREEMPTED}: rerun to resume)", flush=True)
+        return EXIT_PREEMPTED
     print(f"ray-train: finished; checkpoints in {run_dir_path / 'checkpoints'}", flush=True)
     return 0

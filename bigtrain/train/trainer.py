@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import signal
+import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,10 +25,14 @@ import torch.distributed as dist
 from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_verified_checkpoint, read_meta
 from bigtrain.config.job import JobConfig
 from bigtrain.errors import BigtrainError
+from bigtrain.io import atomic_write_text
 from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
 from bigtrain.train.flops import flops_per_token, peak_flops
 from bigtrain.train.guard import GradNormClip, GuardedLoss, SkippingAdamW
 from bigtrain.train.schedule import lr_factor
+
+# Written when a run saved at SIGTERM / SIGUSR1 and stopped early (see Trainer._record_stop).
+STOPPED_FILE = ".bigtrain-stopped"
 
 
 def unpartitioned_fp32(job: JobConfig, dp: int) -> bool:
@@ -152,9 +158,11 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
 class Trainer:
     def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
                  init_fn: Callable[[torch.nn.Module, Any], None] | None = None,
-                 loader_factory: Callable[..., Any] | None = None):
+                 loader_factory: Callable[..., Any] | None = None, stop_file: str | Path | None = None):
         """``init_fn(module, topo)``: starting weights (see build_engine; a checkpoint to resume wins).
-        ``loader_factory(job, dp_rank, dp_size, split)``: the data (default: build_loader)."""
+        ``loader_factory(job, dp_rank, dp_size, split)``: the data (default: build_loader).
+        ``stop_file``: a file whose appearance asks for a save and a stop, like SIGTERM (a launcher whose
+        workers cannot take signals, e.g. Ray Train, writes it; rank 0 looks for it once a step)."""
         self.job = job
         self.init_fn = init_fn
         self.loader_factory = loader_factory
@@ -164,6 +172,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.stop_signal = 0
+        self.stop_file = Path(stop_file) if stop_file else None
 
     # ----------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -213,7 +222,9 @@ class Trainer:
         self.start_step = self.step = int(meta["step"])
         self.skipped_steps = int(meta.get("skipped_steps", 0))
         if self.info.rank == 0:
-            print(f"resumed from {ckpt} at step {self.step}", flush=True)
+            # A preemption warning (SLURM's --signal=USR1@N) must leave time for a step and a save.
+            took = f"; its save took {meta['save_seconds']:.1f} s" if "save_seconds" in meta else ""
+            print(f"resumed from {ckpt} at step {self.step}{took}", flush=True)
 
     def _check_layout(self, ckpt: Path, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose files this engine cannot load; DeepSpeed would fail deep
@@ -345,17 +356,34 @@ class Trainer:
         """SIGTERM / SIGUSR1 (preemption, `scancel`, SLURM's --signal) ask for a save and a clean exit
         at the end of the current step; every rank agrees on the step through one all-reduce."""
         self._stop_signal = 0
+        note = f"rank {self.info.rank} on {socket.gethostname()} got signal {{}}\n"
 
         def handler(signum, frame):
+            if not self._stop_signal:
+                # One line per rank that got it (shows a signal reached every rank, on every node); a raw
+                # write, as the handler may run while print() is inside the same stream.
+                os.write(1, note.format(signum).encode())
             self._stop_signal = signum
 
+        if threading.current_thread() is not threading.main_thread():
+            # Python takes signals in the main thread only (Ray Train runs the loop in another one): the
+            # launcher then passes the request on through stop_file.
+            if self.info.rank == 0:
+                how = f"the launcher's stop file {self.stop_file}" if self.stop_file else "nothing (no stop file)"
+                print(f"note: training runs outside the main thread, so SIGTERM / SIGUSR1 handlers cannot be "
+                      f"installed; a stop request comes through {how}", flush=True)
+            return
         for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread (e.g. some Ray Train set-ups)
-                pass
+            signal.signal(sig, handler)
 
     def _stop_requested(self) -> bool:
+        if not self._stop_signal and self.stop_file is not None and self.info.rank == 0:
+            try:  # the file holds the signal number the launcher got
+                self._stop_signal = int(self.stop_file.read_text().strip() or signal.SIGTERM)
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                self._stop_signal = signal.SIGTERM
         flag = torch.tensor([float(self._stop_signal)], device=self.info.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not self.stop_signal:
@@ -375,6 +403,8 @@ class Trainer:
         end = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
         self.stop_signal = 0
         self.stop_reason = None
+        if self.info.rank == 0:
+            (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # a record of an earlier attempt
         self._install_signal_handlers()
         while self.step < end:
             t0 = time.perf_counter()
@@ -419,9 +449,19 @@ class Trainer:
                 break
         if saved_at != self.step:
             self.save()
+        if self.stop_signal and self.info.rank == 0:
+            self._record_stop()
         for cb in self.callbacks:
             cb.on_train_end(self)
         return last
+
+    def _record_stop(self) -> None:
+        """RUN/STOPPED_FILE: this attempt saved at a signal and stopped early. A batch script cannot tell that
+        from an exit status: srun reports 143 as well for ranks it terminated after another one died."""
+        env = os.environ
+        atomic_write_text(self.run_dir / STOPPED_FILE,
+                          f"job={env.get('SLURM_JOB_ID', '')} attempt={env.get('SLURM_RESTART_COUNT', '0')} "
+                          f"step={self.step} signal={self.stop_signal}\n")
 
     def close(self) -> None:
         from bigtrain.parallel.topology import teardown

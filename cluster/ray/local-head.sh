@@ -1,63 +1,62 @@
 #!/usr/bin/env bash
-# A Ray head on this machine for `ray job submit` (and the tests), stopped without touching any other
-# Ray on the machine (`ray stop` would kill every Ray process of the user).
+# A Ray head on this machine for `ray job submit`, with its own free ports and its own token (as every
+# node of cluster/slurm/ray.sbatch: `bigtrain launch ray-node --head`), stopped without touching any
+# other Ray on the machine (`ray stop` would kill every Ray process of the user).
 #
 #   cluster/ray/local-head.sh start      # ray start --head --block, dashboard on 127.0.0.1 only
-#   RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- bigtrain ...
+#   eval "$(cluster/ray/local-head.sh env)"   # RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, RAY_ADDRESS (dashboard)
+#   ray job submit --working-dir . -- bigtrain ...
 #   cluster/ray/local-head.sh stop       # SIGTERM, then SIGKILL, to the head's process group
 #
-# Knobs (environment): BIGTRAIN_RAY_DIR (state, logs, Ray's temp dir; default /tmp/bigtrain-ray; keep it
-# short: Ray's unix sockets live below it and socket paths are limited to 107 bytes),
-# RAY_NUM_CPUS (default: all cores), RAY_GCS_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT
-# (10001), RAY_AGENT_PORT (52365, the dashboard agent's HTTP port). Give other values to run beside
-# another Ray on the same machine.
-# Ray 2.60 enables token authentication: the token lives in ~/.ray/auth_token (created here if
-# missing) and every client needs RAY_AUTH_MODE=token. The GCS (RAY_GCS_PORT) and the raylet still
-# listen on all interfaces: firewall them on machines reachable from untrusted networks.
+# Knobs (environment): BIGTRAIN_RAY_DIR (state: head.json with the address and every port, the token
+# file auth_token (0600), head.log, Ray's temp dir; default /tmp/bigtrain-ray; keep it short: Ray's unix
+# sockets live below it and socket paths are limited to 107 bytes), RAY_NUM_CPUS (default: all cores),
+# RAY_AUTH_TOKEN (default: a new token in BIGTRAIN_RAY_DIR/auth_token), BIGTRAIN (default "bigtrain").
+# Every port is picked free when the head starts (see head.json); the dashboard / job API listens on
+# 127.0.0.1, the GCS, raylet and object manager on all interfaces (token authentication guards them).
 set -euo pipefail
 
 DIR=${BIGTRAIN_RAY_DIR:-/tmp/bigtrain-ray}
-GCS_PORT=${RAY_GCS_PORT:-6379}
-DASH_PORT=${RAY_DASHBOARD_PORT:-8265}
 NUM_CPUS=${RAY_NUM_CPUS:-$(nproc)}
-CLIENT_PORT=${RAY_CLIENT_PORT:-10001}
-AGENT_PORT=${RAY_AGENT_PORT:-52365}
 PIDFILE=$DIR/head.pid
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+INFO=$DIR/head.json
+read -r -a BIGTRAIN_CMD <<<"${BIGTRAIN:-bigtrain}"
+export RAY_AUTH_MODE=token
 
 log() { echo "local-head: $*" >&2; }
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$INFO" "$1"; }
+token_env() {
+    if [[ -z ${RAY_AUTH_TOKEN:-} ]]; then
+        if [[ ! -s $DIR/auth_token ]]; then
+            (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/auth_token")
+        fi
+        export RAY_AUTH_TOKEN_PATH=$DIR/auth_token
+    fi
+}
 
 start() {
     command -v ray >/dev/null || { log "the ray CLI is not installed (pip install 'ray[default,data,train]')"; exit 1; }
-    mkdir -p "$DIR/tmp"
+    mkdir -p "$DIR"
     if running; then log "already running (pid $(cat "$PIDFILE"))"; return 0; fi
-    if [[ ! -s ${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token} && -z ${RAY_AUTH_TOKEN:-} ]]; then
-        ray get-auth-token --generate >/dev/null 2>&1 || true
-    fi
+    token_env
+    rm -f "$INFO"
     # setsid: the head gets its own process group, which `stop` signals as a whole.
-    setsid ray start --head --block --disable-usage-stats --dashboard-host 127.0.0.1 \
-        --num-cpus "$NUM_CPUS" --port "$GCS_PORT" --dashboard-port "$DASH_PORT" \
-        --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \
-        --temp-dir "$DIR/tmp" >"$DIR/head.log" 2>&1 </dev/null &
+    setsid "${BIGTRAIN_CMD[@]}" launch ray-node --head --info-file "$INFO" --num-cpus "$NUM_CPUS" \
+        --temp-dir "$DIR/tmp" --job-id "local$$" >"$DIR/head.log" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
-    for _ in $(seq 1 120); do
-        if ! running; then log "ray start exited:"; tail -20 "$DIR/head.log" >&2; exit 1; fi
-        if ray job list --address "http://127.0.0.1:$DASH_PORT" >/dev/null 2>&1; then
-            log "up: GCS 0.0.0.0:$GCS_PORT, dashboard / job API http://127.0.0.1:$DASH_PORT (pid $(cat "$PIDFILE"))"
-            return 0
-        fi
-        sleep 0.5
-    done
-    log "the head did not answer within 60 s:"; tail -20 "$DIR/head.log" >&2
-    stop; exit 1
+    if ! "${BIGTRAIN_CMD[@]}" launch ray-wait --info-file "$INFO" --nodes 1 --timeout 60 --watch-pid "$(cat "$PIDFILE")" >/dev/null; then
+        log "the head did not come up:"; tail -20 "$DIR/head.log" >&2
+        stop; exit 1
+    fi
+    log "up: GCS $(field address), dashboard / job API $(field dashboard) (pid $(cat "$PIDFILE"))"
 }
 
 stop() {
     running || { rm -f "$PIDFILE"; log "not running"; return 0; }
     local pid; pid=$(cat "$PIDFILE")
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 12); do
+    for _ in $(seq 1 80); do
         pgrep -g "$pid" >/dev/null || break
         sleep 0.5
     done
@@ -69,6 +68,10 @@ stop() {
 case ${1:-} in
     start) start ;;
     stop) stop ;;
-    status) if running; then echo "running (pid $(cat "$PIDFILE"))"; ray status --address "127.0.0.1:$GCS_PORT" 2>/dev/null || true; else echo "stopped"; fi ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    env) token_env
+         echo "export RAY_AUTH_MODE=token"
+         [[ -n ${RAY_AUTH_TOKEN_PATH:-} ]] && echo "export RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+         echo "export RAY_ADDRESS=$(field dashboard)" ;;
+    status) if running; then echo "running (pid $(cat "$PIDFILE"))"; ray status --address "$(field address)" 2>/dev/null || true; else echo "stopped"; fi ;;
+    *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
 esac

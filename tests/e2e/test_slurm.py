@@ -1,210 +1,181 @@
-"""A real SLURM (munge + slurmctld + slurmd from Debian, on localhost; cluster/slurm/local-cluster.sh)
-runs cluster/slurm/train.sbatch with 2 tasks to COMPLETED; the same job sent SIGTERM mid-run saves,
-exits 143, requeues itself (`scontrol requeue`), resumes from that checkpoint and ends COMPLETED with
-the losses of the uninterrupted job. cluster/slurm/deepspeed.sbatch (hostfile from the allocation)
-gives the same losses, and cluster/slurm/ray.sbatch brings up Ray inside the allocation and runs
-preprocessing and Ray Train training on it.
+"""The SLURM batch scripts on a real two-node SLURM cluster (tests/slurm_cluster.py: two network-namespace hosts
+on a bridge, slurmctld + one slurmd each, two dummy GPUs per node through GRES, task/affinity CPU masks).
 
-Set-up needs root (apt-get install, daemons); skipped with the reason where it is missing.
+Every job is `sbatch --nodes 2 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1` of a tiny model with
+TP=2 x DP=2 (4 CPU ranks over gloo, across the two hosts), submitted from a directory other than the repo:
+- train.sbatch completes, each rank where SLURM put it (host, local rank, GPUs, one CPU of its own), with the
+  losses of the same job on one machine (torchrun, 4 processes);
+- SIGTERM to the ranks (`scancel --signal=TERM`) reaches every rank on both nodes; the job saves, requeues
+  itself, resumes from the save made at the signal and ends with the uninterrupted losses;
+- `kill -9` of one rank ends the whole job (srun --kill-on-bad-exit) within 2 minutes;
+- deepspeed.sbatch (the deepspeed launcher's `--launcher slurm`) gives the same losses, through a SIGTERM to
+  the batch shell alone (`scancel -b`), which the script passes on to every rank, and the requeue.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY, env_for_tests, losses, metrics
+from tests.helpers import REPO, TINY, bigtrain, losses, metrics
 
-CLUSTER = REPO / "cluster" / "slurm" / "local-cluster.sh"
-SCRIPT = REPO / "cluster" / "slurm" / "train.sbatch"
-# Long enough that SIGTERM lands mid-run; the periodic checkpoint (50) is not the one resumed from.
-ARGS = ["train.max_steps=100", "train.log_interval=1", "checkpoint.interval=50", "model.n_layers=2"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(conf: str) -> dict[str, str]:
-    env = env_for_tests()
-    env["SLURM_CONF"] = conf
-    env["BIGTRAIN"] = f"{sys.executable} -m bigtrain"
-    env["OMP_NUM_THREADS"] = "1"
-    for k in list(env):
-        if k.startswith("SLURM_") and k != "SLURM_CONF":
-            env.pop(k)
-    return env
+SLURM = REPO / "cluster" / "slurm"
+STEPS = 40
+ARGS = [f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=20", "model.n_layers=2",
+        "parallel.tp=2"]
+ALLOC = ["--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
+PROBE = re.compile(r"placement: rank (\d+)/(\d+) host (\S+) local_rank (\d+) CUDA_VISIBLE_DEVICES=(\S+) "
+                   r"cpus (\S+) master (\S+)")
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    have = all(shutil.which(t) for t in ("slurmctld", "slurmd", "sbatch", "munged"))
-    if not have and os.geteuid() != 0:
-        pytest.skip("SLURM is not installed and installing it (apt-get) needs root")
-    if not have and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it")
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster runs its daemons as root; not root here")
-    # Short path: munge's socket lives below it.
-    state = tempfile.mkdtemp(prefix="btslurm-", dir="/tmp")
-    env = dict(os.environ, BIGTRAIN_SLURM_DIR=state, BIGTRAIN_SLURM_CPUS=str(max(2, os.cpu_count() or 2)))
-    start = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, env=env, timeout=600)
-    try:
-        assert start.returncode == 0, start.stderr[-4000:]
-        client = _env(f"{state}/slurm.conf")
-        client["BIGTRAIN_TEST_SLURM_DIR"] = state  # for daemon logs in failure messages
-        yield client
-    finally:
-        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, env=env, timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+def one_machine(tmp_path_factory):
+    """The same job on one machine: torchrun with 4 processes."""
+    run = tmp_path_factory.mktemp("slurm-ref") / "run"
+    bigtrain("train", TINY, "--run-dir", str(run), *ARGS, nproc=4)
+    return losses(run)
 
 
-def daemon_logs(env, lines: int = 40) -> str:
-    out = []
-    for name in ("slurmctld.log", "slurmd.log"):
-        p = Path(env["BIGTRAIN_TEST_SLURM_DIR"]) / "log" / name
-        if p.is_file():
-            out.append(f"--- {name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]))
-    return "\n".join(out)
+def submit(cluster, script: str, work: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    work.mkdir(parents=True, exist_ok=True)
+    return cluster.sbatch(SLURM / script, TINY, str(work / "run"), *ARGS, *extra, workdir=work, sbatch_args=ALLOC,
+                          extra_env={"BIGTRAIN_PROBE": "1", **(env or {})})
 
 
-def job_fields(env, job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=env,
-                         timeout=30).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
+def placements(log: str) -> list[tuple]:
+    return sorted((int(r), int(w), host, int(lr), cvd, cpus, master)
+                  for r, w, host, lr, cvd, cpus, master in PROBE.findall(log))
 
 
-def wait_for(env, job_id: str, states: set[str], timeout: float = 300) -> dict[str, str]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        f = job_fields(env, job_id)
-        if f.get("JobState") in states:
-            return f
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job_fields(env, job_id)}")
+def ranks_of(job: str) -> dict[int, int]:
+    """SLURM_PROCID -> pid of the job's training processes (the namespaces share this machine's pid space)."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in (p / "environ").read_bytes().decode(errors="replace").split("\0")
+                       if "=" in kv)
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and "SLURM_PROCID" in env and " train " in cmd and "bigtrain" in cmd:
+            out[int(env["SLURM_PROCID"])] = int(p.name)
+    return out
 
 
-def sbatch(env, workdir: Path, run_dir: Path) -> str:
-    proc = subprocess.run(["sbatch", "--parsable", "--chdir", str(workdir), "--output", str(workdir / "job-%j.out"),
-                           str(SCRIPT), TINY, str(run_dir), *ARGS],
-                          capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
-
-
-@pytest.fixture(scope="module")
-def completed_job(slurm, tmp_path_factory):
-    work = tmp_path_factory.mktemp("slurm-full")
-    job = sbatch(slurm, work, work / "run")
-    fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
-    return job, fields, work
-
-
-def test_sbatch_training_completes_with_two_tasks(completed_job):
-    job, fields, work = completed_job
-    log = (work / f"job-{job}.out").read_text()
-    assert fields["JobState"] == "COMPLETED", log[-5000:]
-    assert fields["NumTasks"] == "2" and fields["ExitCode"] == "0:0"
-    assert "2 tasks" in log and "training finished with exit code 0" in log
-    assert [r["step"] for r in metrics(work / "run")] == list(range(1, 101))
-
-
-def test_sigterm_saves_requeues_and_resumes(slurm, completed_job, tmp_path):
-    run = tmp_path / "run"
-    job = sbatch(slurm, tmp_path, run)
-    wait_for(slurm, job, {"RUNNING"}, timeout=120)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # wait until training is under way, then preempt it
-        if (run / "metrics.jsonl").exists() and len(metrics(run)) >= 5:
-            break
+def wait_for_steps(run: Path, n: int, cluster, job: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= n):
+        assert time.monotonic() < deadline, cluster.job_log(job, 60)
+        assert cluster.fields(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), cluster.job_log(job, 60)
         time.sleep(0.2)
-    else:
-        raise AssertionError((tmp_path / f"job-{job}.out").read_text()[-4000:])
-    subprocess.run(["scancel", "--signal=TERM", job], check=True, env=slurm, timeout=30)
-    fields = wait_for(slurm, job, {"PENDING", "COMPLETED", "FAILED"}, timeout=120)
-    log = (tmp_path / f"job-{job}.out").read_text()
+
+
+@pytest.fixture(scope="module")
+def full_job(slurm_cluster, tmp_path_factory):
+    work = tmp_path_factory.mktemp("slurm-full")
+    job = submit(slurm_cluster, "train.sbatch", work)
+    fields = slurm_cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, timeout=400)
+    return job, fields, work, slurm_cluster.job_log(job)
+
+
+def test_train_sbatch_on_two_nodes(full_job, one_machine):
+    job, fields, work, log = full_job
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", log[-5000:]
+    assert fields["NumNodes"] == "2" and fields["NumTasks"] == "4", fields
+    assert "training finished with exit code 0" in log
+    assert [r["step"] for r in metrics(work / "run")] == list(range(1, STEPS + 1))
+    placed = placements(log)
+    assert [p[:2] for p in placed] == [(r, 4) for r in range(4)], log[-3000:]
+    # ranks 0-1 on node1, 2-3 on node2 (block distribution); local rank = rank within the node; every task
+    # sees its node's two GPUs (--gpus-per-node) and holds one CPU of its own (--cpus-per-task=1).
+    assert [(p[2], p[3]) for p in placed] == [("node1", 0), ("node1", 1), ("node2", 0), ("node2", 1)], placed
+    assert {p[4] for p in placed} == {"0,1"}, placed
+    for node in ("node1", "node2"):
+        cpus = [p[5] for p in placed if p[2] == node]
+        assert len(set(cpus)) == 2 and all(re.fullmatch(r"\d+", c) for c in cpus), placed
+    assert {p[6] for p in placed} == {f"node1:{29500 + int(job) % 1000}"}
+    assert losses(work / "run") == one_machine
+
+
+def test_gpus_per_task_binds_one_gpu_to_each_rank(slurm_cluster, tmp_path):
+    """--gpus-per-task=1: each task sees only its own GPU, and bigtrain takes device 0 of what it sees."""
+    work = tmp_path / "w"
+    work.mkdir()
+    job = slurm_cluster.sbatch(SLURM / "train.sbatch", TINY, str(work / "run"), "train.max_steps=2", "parallel.tp=2",
+                               "model.n_layers=2", workdir=work,
+                               sbatch_args=["--ntasks-per-node=2", "--gpus-per-node=2", "--gpus-per-task=1",
+                                            "--cpus-per-task=1"],
+                               extra_env={"BIGTRAIN_PROBE": "1"})
+    fields = slurm_cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
+    log = slurm_cluster.job_log(job)
+    assert fields["JobState"] == "COMPLETED", log[-4000:]
+    placed = placements(log)
+    assert [(p[2], p[3]) for p in placed] == [("node1", 0), ("node1", 1), ("node2", 0), ("node2", 1)], placed
+    per_node = {n: sorted(p[4] for p in placed if p[2] == n) for n in ("node1", "node2")}
+    assert all(len(v) == 2 and len(set(v)) == 2 and all("," not in g for g in v) for v in per_node.values()), placed
+
+
+def preempt_requeue_resume(cluster, script: str, work: Path, *scancel: str) -> str:
+    """Submit, send SIGTERM with `scancel *scancel JOB` once training is under way, check every rank got it
+    and saved, that the job requeued itself, then let it start again; returns the final job log."""
+    run = work / "run"
+    job = submit(cluster, script, work)
+    wait_for_steps(run, 5, cluster, job)
+    cluster.run("scancel", *scancel, "--signal=TERM", job)
+    fields = cluster.wait(job, {"PENDING", "COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+    log = cluster.job_log(job)
     assert fields["JobState"] == "PENDING" and fields["Restarts"] == "1", log[-4000:]
+    got = sorted(set(re.findall(r"rank (\d) on (node\d) got signal 15", log)))
+    assert got == [("0", "node1"), ("1", "node1"), ("2", "node2"), ("3", "node2")], log[-4000:]
     saved = re.search(r"received signal 15: saving at step (\d+)", log)
-    assert saved and int(saved.group(1)) < 100, log[-4000:]
-    assert "requeueing job" in log
-    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start now, but only once the node has
-    # finished cleaning up the first attempt (a job started on a node still COMPLETING can fail at launch).
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=slurm,
-                               timeout=30).stdout.split()
-        if state and all(s.startswith("idle") for s in state):
-            break
-        time.sleep(0.5)
-    # slurmd refuses ("Job N already killed, do not launch batch job") a relaunch that arrives within a
-    # moment of the kill; SLURM's own hold is ~2 minutes, a few seconds suffice.
-    time.sleep(10)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=slurm, timeout=30)
-    fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=300)
-    log = (tmp_path / f"job-{job}.out").read_text()
-    assert fields["JobState"] == "COMPLETED", (fields, log[-3000:], daemon_logs(slurm))
+    assert saved and 5 <= int(saved.group(1)) < STEPS, log[-4000:]
     step = int(saved.group(1))
-    assert f"resumed from {run}/checkpoints/step_{step:08d} at step {step}" in log
-    assert "attempt 2" in log
-    assert [r["step"] for r in metrics(run)] == list(range(1, 101))
-    _, _, full = completed_job
-    assert losses(run) == losses(full / "run")
+    assert f"stopped early (job={job} attempt=0 step={step} signal=15); requeueing job {job}" in log
+    cluster.start_now(job)
+    fields = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400)
+    log = cluster.job_log(job)
+    assert fields["JobState"] == "COMPLETED", (fields, log[-3000:], cluster.daemon_logs())
+    assert f"resumed from {run}/checkpoints/step_{step:08d} at step {step}" in log and "attempt 2" in log
+    assert [r["step"] for r in metrics(run)] == list(range(1, STEPS + 1))
+    return log
 
 
-def _run_to_end(env, script: Path, workdir: Path, *args: str, extra_env: dict[str, str] | None = None):
-    proc = subprocess.run(["sbatch", "--parsable", "--chdir", str(workdir), "--output", str(workdir / "job-%j.out"),
-                           str(script), *args], capture_output=True, text=True, env={**env, **(extra_env or {})},
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    job = proc.stdout.strip().split(";")[0]
-    fields = wait_for(env, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, timeout=400)
-    return fields, (workdir / f"job-{job}.out").read_text()
+def test_sigterm_to_the_ranks_saves_requeues_and_resumes(slurm_cluster, full_job, tmp_path):
+    """`scancel --signal=TERM JOB`: SLURM signals every step's tasks, i.e. each rank on both nodes."""
+    preempt_requeue_resume(slurm_cluster, "train.sbatch", tmp_path)
+    _, _, full, _ = full_job
+    assert losses(tmp_path / "run") == losses(full / "run")
 
 
-def test_deepspeed_sbatch_with_generated_hostfile(slurm, completed_job, tmp_path):
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    if not os.path.exists(launcher):
-        pytest.skip("the deepspeed launcher script is not installed")
-    fields, log = _run_to_end(slurm, REPO / "cluster" / "slurm" / "deepspeed.sbatch", tmp_path, TINY,
-                              str(tmp_path / "run"), *ARGS, extra_env={"DEEPSPEED": launcher})
-    assert fields["JobState"] == "COMPLETED", log[-5000:]
-    assert "localhost slots=2" in log  # the hostfile made from the allocation
-    _, _, full = completed_job
-    assert losses(tmp_path / "run") == losses(full / "run")  # same job as srun's
+def test_kill_9_of_one_rank_ends_the_whole_job(slurm_cluster, tmp_path):
+    run = tmp_path / "run"
+    job = submit(slurm_cluster, "train.sbatch", tmp_path, "train.max_steps=100000", env={"BIGTRAIN_NO_REQUEUE": "1"})
+    wait_for_steps(run, 3, slurm_cluster, job)
+    ranks = ranks_of(job)
+    assert sorted(ranks) == [0, 1, 2, 3], ranks
+    os.kill(ranks[3], signal.SIGKILL)  # a rank on node2 dies; the others would wait for it in gloo
+    killed = time.monotonic()
+    fields = slurm_cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, timeout=150)
+    took = time.monotonic() - killed
+    assert fields["JobState"] == "FAILED" and took < 120, (took, fields, slurm_cluster.job_log(job, 40))
+    assert not ranks_of(job), "ranks left running"
 
 
-def test_ray_cluster_inside_an_allocation(slurm, tmp_path):
-    if shutil.which("ray", path=os.path.dirname(sys.executable)) is None:
-        pytest.skip("the ray CLI is not installed")
-    from tests.helpers import bigtrain
-
-    bigtrain("tokenizer", "train", "--input", "data/python-docs.jsonl.gz", "--vocab-size", "512",
-             "--output", str(tmp_path / "tok"))
-    short = tempfile.mkdtemp(prefix="btrs-", dir="/tmp")  # Ray's socket paths must stay short
-    try:
-        fields, log = _run_to_end(
-            slurm, REPO / "cluster" / "slurm" / "ray.sbatch", tmp_path, TINY, str(tmp_path / "run"),
-            "model.vocab_size=512", "train.max_steps=10", "train.log_interval=1", "checkpoint.interval=5",
-            "model.n_layers=2",
-            extra_env={"INPUT": str(REPO / "data" / "python-docs.jsonl.gz"), "TOKENIZER": str(tmp_path / "tok"),
-                       "DATA": str(tmp_path / "data"), "RAY": os.path.join(os.path.dirname(sys.executable), "ray"),
-                       "RAY_TMPDIR": short, "RAY_PORT": str(_free_port()), "RAY_DASHBOARD_PORT": str(_free_port()),
-                       "NUM_WORKERS": "2", "RAY_AUTH_MODE": "token"})
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
-    assert fields["JobState"] == "COMPLETED", log[-6000:]
-    assert "preprocess: wrote" in log and "training finished with exit code 0" in log
-    assert (tmp_path / "data" / "manifest.json").exists()
-    assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 11))
+def test_deepspeed_sbatch_on_two_nodes_with_sigterm_to_the_batch_shell(slurm_cluster, full_job, tmp_path):
+    """The deepspeed launcher's srun places the ranks; SIGTERM to the batch shell only (`scancel -b`) is passed
+    on to every rank by the script; the requeued job resumes and ends with srun's losses."""
+    log = preempt_requeue_resume(slurm_cluster, "deepspeed.sbatch", tmp_path, "--batch")
+    assert "node1 slots=2\nnode2 slots=2" in log  # the hostfile made from the allocation
+    assert "batch shell got SIGTERM; passing it to every rank" in log
+    placed = placements(log)  # both attempts
+    assert len(placed) == 8 and sorted({(p[0], p[2], p[3]) for p in placed}) == [
+        (0, "node1", 0), (1, "node1", 1), (2, "node2", 0), (3, "node2", 1)], placed
+    _, _, full, _ = full_job
+    assert losses(tmp_path / "run") == losses(full / "run")  # the same job as srun's

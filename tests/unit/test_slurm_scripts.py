@@ -41,7 +41,12 @@ STANDIN = textwrap.dedent(f"""\
         print("\\n".join(__import__("tests.unit.test_slurm_scripts", fromlist=["x"]).expand(sys.argv[3])))
     if name == "srun" and os.environ.get("STANDIN_SRUN_WAIT"):
         import signal
-        signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+        def stop(*a):  # as the trainer does: the record of a save at the signal (unless told not to), then 143
+            if os.environ.get("STANDIN_RUN_DIR"):
+                with open(os.path.join(os.environ["STANDIN_RUN_DIR"], ".bigtrain-stopped"), "w") as f:
+                    f.write(f"job={{os.environ['SLURM_JOB_ID']}} attempt=0 step=7 signal=15\\n")
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
         with open(os.environ["STANDIN_SRUN_WAIT"] + ".tmp", "w") as f:
             f.write(str(os.getpid()))
         os.rename(os.environ["STANDIN_SRUN_WAIT"] + ".tmp", os.environ["STANDIN_SRUN_WAIT"])
@@ -188,12 +193,20 @@ def test_deepspeed_sbatch_runs_the_console_script_through_srun(tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
 
 
+@pytest.mark.parametrize("saved", [True, False], ids=["saved", "terminated"])
 @pytest.mark.parametrize("script", ["train.sbatch", "deepspeed.sbatch"])
-def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, script):
+def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, script, saved):
+    """A signal to the batch shell goes to every rank (scancel --signal: all steps, all nodes). Ranks that saved
+    at it leave the trainer's record and the job requeues itself and exits 0; ranks that ended 143 without it
+    (srun terminating them after another rank failed) are a failure, never requeued."""
     opts = {**sbatch_defaults(SLURM / script), "nodes": "2"}
     ready = tmp_path / "srun-started"
-    proc, log = run_script(SLURM / script, ["c.yaml", "/r"], opts, tmp_path, background=True,
-                           extra_env={"STANDIN_SRUN_WAIT": str(ready), "DEEPSPEED": str(VENV_BIN / "deepspeed")})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".bigtrain-stopped").write_text("job=4242 attempt=1 step=3 signal=15\n")  # an earlier attempt's
+    proc, log = run_script(SLURM / script, ["c.yaml", str(run)], opts, tmp_path, background=True,
+                           extra_env={"STANDIN_SRUN_WAIT": str(ready), "DEEPSPEED": str(VENV_BIN / "deepspeed"),
+                                      "STANDIN_RUN_DIR": str(run) if saved else ""})
     deadline = time.time() + 120
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
@@ -202,14 +215,15 @@ def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, sc
     calls = _wait_calls(log, lambda cs: any(c["cmd"] == "scancel" for c in cs))
     scancel = [c for c in calls if c["cmd"] == "scancel"][0]
     assert scancel["argv"] == ["--signal=TERM", "4242"]  # every step's tasks, on every node
-    # scancel is a stand-in, so deliver what it would have: the srun stand-in stands for the ranks and
-    # ends 143 when signalled, as a trainer does after saving.
+    # scancel is a stand-in, so deliver what it would have: the srun stand-in stands for the ranks.
     os.kill(int(ready.read_text()), signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert proc.returncode == 0, out  # stopped early, requeued: not a failure
-    assert ["requeue", "4242"] in [c["argv"] for c in calls if c["cmd"] == "scontrol"], out
-    assert "requeueing job 4242" in out
+    requeued = ["requeue", "4242"] in [c["argv"] for c in calls if c["cmd"] == "scontrol"]
+    if saved:
+        assert proc.returncode == 0 and requeued and "requeueing job 4242" in out, out  # not a failure
+    else:
+        assert proc.returncode == 143 and not requeued and "training finished with exit code 143" in out, out
 
 
 def _wait_calls(log: Path, cond, timeout: float = 60):
@@ -230,7 +244,8 @@ def readme_examples() -> list[tuple[str, str]]:
     for doc in (REPO / "README.md", REPO / "cluster" / "README.md", SLURM / "train.sbatch", SLURM / "deepspeed.sbatch"):
         for m in README_SBATCH.finditer(doc.read_text().replace("\\\n", " ")):
             line = m.group(1).split("#")[0].strip()
-            if "--nodes 2" in line or "--nodes=2" in line:
+            # the GPU examples (CPU-only ones say --gpus-per-node 0)
+            if ("--nodes 2" in line or "--nodes=2" in line) and not re.search(r"--gpus-per-node[ =]0\b", line):
                 out.append((f"{doc.name}: {line}", line))
     return out
 
