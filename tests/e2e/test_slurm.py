@@ -26,8 +26,8 @@ import pytest
 from tests.helpers import REPO, TINY, bigtrain, losses, metrics
 
 SLURM = REPO / "cluster" / "slurm"
-STEPS = 40
-ARGS = [f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=20", "model.n_layers=2",
+STEPS = 60  # ~4.5 steps/s here: the save at a signal sent after step 5 lands well before the end
+ARGS = [f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=30", "model.n_layers=2",
         "parallel.tp=2"]
 ALLOC = ["--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
 PROBE = re.compile(r"placement: rank (\d+)/(\d+) host (\S+) local_rank (\d+) CUDA_VISIBLE_DEVICES=(\S+) "

@@ -19,7 +19,9 @@ import time
 from tests.helpers import REPO, TINY, bigtrain, losses, metrics
 
 SCRIPT = REPO / "cluster" / "slurm" / "ray.sbatch"
-STEPS = 40
+# The driver takes the signal only when its main thread next runs Python (seconds, inside Ray Train's fit):
+# enough steps that the save at the signal cannot be the last one (~7 steps/s observed on 2 cores).
+STEPS = 200
 ARGS = ["model.vocab_size=512", f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=100",
         "model.n_layers=2"]
 ALLOC = ["--ntasks-per-node=1", "--cpus-per-task=2"]
