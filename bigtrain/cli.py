@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from bigtrain import __version__
+from bigtrain import __version__, quiet
 from bigtrain.errors import BigtrainError
 
 COMMAND_MODULES = [
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bigtrain", description="Pretrain language models from raw text "
                                      "to a Hugging Face checkpoint.")
     parser.add_argument("--version", action="version", version=f"bigtrain {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the third-party warnings bigtrain hides as known-harmless (bigtrain/quiet.py); "
+                        "BIGTRAIN_VERBOSE=1 does the same, for every rank a launcher starts")
     # The deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK carries the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(2)
+    quiet.install(args.verbose)
     try:
         code = args.func(args)
     except BigtrainError as e:

@@ -63,7 +63,13 @@ def build_source(job: JobConfig, split: str = "train"):
 
 
 def build_loader(job: JobConfig, dp_rank: int, dp_size: int, split: str = "train") -> Loader:
-    return DistributedWindowLoader(build_source(job, split), job.train.micro_batch_size, dp_rank, dp_size)
+    d = job.data
+    source = build_source(job, split)
+    if d.document_masking and not hasattr(source, "doc_starts"):
+        raise BigtrainError(f"data.document_masking: {', '.join(d.path)} records no document boundaries (a token "
+                            "file); use a `bigtrain preprocess` dataset")
+    return DistributedWindowLoader(source, job.train.micro_batch_size, dp_rank, dp_size,
+                                   document_masking=d.document_masking, reset_positions=d.reset_position_ids)
 
 
 def dataset_tokenizer(job: JobConfig) -> dict[str, Any] | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-import torch
+
+from bigtrain.data.batch import Batch, window_batch
 
 
 class WindowSource(Protocol):
@@ -26,12 +27,19 @@ class WindowSource(Protocol):
         """A stable name of the data behind sample ``index`` (for logs of bad batches)."""
         ...
 
+    # Sources that know their documents also have doc_starts(index) -> np.ndarray: the offsets within
+    # window ``index`` (1 … seq_len) where a document begins; document masking needs it.
+
 
 class Loader(Protocol):
     """What the trainer needs from a data loader."""
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next micro-batch: (inputs, labels), each ``[micro_batch_size, seq_len]`` int64."""
+    def next_batch(self) -> Batch:
+        """This rank's next micro-batch (fields ``[micro_batch_size, seq_len]``)."""
+        ...
+
+    def sample_id(self, index: int) -> str:
+        """A stable name of global sample ``index`` (loss-spike warnings, the per-step samples digest)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -42,27 +50,36 @@ class Loader(Protocol):
 
 
 class DistributedWindowLoader:
-    """Deals windows of a :class:`WindowSource` to data-parallel ranks in the global order above."""
+    """Deals windows of a :class:`WindowSource` to data-parallel ranks in the global order above.
 
-    def __init__(self, source: WindowSource, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1):
+    ``document_masking``: batches carry the windows' document layout (see :func:`~bigtrain.data.batch.window_batch`),
+    with rotary positions restarting per document when ``reset_positions``."""
+
+    def __init__(self, source: WindowSource, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                 document_masking: bool = False, reset_positions: bool = False):
         self.source = source
         self.micro_batch_size = micro_batch_size
         self.dp_rank = dp_rank
         self.dp_size = dp_size
+        self.document_masking, self.reset_positions = document_masking, reset_positions
         self.consumed = 0  # global samples handed out (to all ranks together)
 
     def indices(self) -> range:
         start = self.consumed + self.dp_rank * self.micro_batch_size
         return range(start, start + self.micro_batch_size)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        windows = np.stack([self.source.window(i) for i in self.indices()]).astype(np.int64, copy=False)
-        self.last_sample_ids = [self.source.sample_id(i) for i in self.indices()]
+    def next_batch(self) -> Batch:
+        idx = self.indices()
+        windows = np.stack([self.source.window(i) for i in idx]).astype(np.int64, copy=False)
+        starts = [self.source.doc_starts(i) for i in idx] if self.document_masking else None
         self.consumed += self.micro_batch_size * self.dp_size
-        # numpy's single-threaded copies: torch's .contiguous() on the strided slices runs on its intra-op
-        # threads and took ~1.5 ms a batch at seq_len 8192 on a busy 2-core machine, more than the windows.
-        x, y = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
-        return torch.from_numpy(x), torch.from_numpy(y)
+        # window_batch splits inputs/labels with numpy's single-threaded copies: torch's .contiguous() on the
+        # strided slices runs on its intra-op threads and took ~1.5 ms a batch at seq_len 8192 on a busy 2-core
+        # machine, more than the windows.
+        return window_batch(windows, starts, self.reset_positions)
+
+    def sample_id(self, index: int) -> str:
+        return self.source.sample_id(index)
 
     def __iter__(self):
         return self

@@ -135,22 +135,36 @@ class ShardWindowSource:
                     shard.release()
             self._span = span
 
-    # --- WindowSource -------------------------------------------------------------------------
-    def window(self, index: int) -> np.ndarray:
+    def _pieces(self, index: int):
+        """(shard, first token, token count, offset in the window) of each shard piece of window ``index``."""
         epoch, w = self._position(index)
         self._follow(epoch, w)
         order, starts = self._epoch(epoch)
         start = w * self.seq_len
-        out = np.empty(self.seq_len + 1, dtype=np.int64)
         j = int(np.searchsorted(starts, start, side="right")) - 1
         off, filled = start - int(starts[j]), 0
-        while filled < len(out):  # on into the next shards of the order when this one ends mid-window
+        while filled < self.seq_len + 1:  # on into the next shards of the order when this one ends mid-window
             shard = self._shard(int(order[j]))
-            take = min(shard.n_tokens - off, len(out) - filled)
-            shard.copy(off, off + take, out[filled:filled + take])
+            take = min(shard.n_tokens - off, self.seq_len + 1 - filled)
+            yield shard, off, take, filled
             filled += take
             j, off = j + 1, 0
+
+    # --- WindowSource -------------------------------------------------------------------------
+    def window(self, index: int) -> np.ndarray:
+        out = np.empty(self.seq_len + 1, dtype=np.int64)
+        for shard, off, take, filled in self._pieces(index):
+            shard.copy(off, off + take, out[filled:filled + take])
         return out
+
+    def doc_starts(self, index: int) -> np.ndarray:
+        """Offsets in window ``index`` where a document begins (a shard's first token begins one too)."""
+        found: list[int] = []
+        for shard, off, take, filled in self._pieces(index):
+            if filled:
+                found.append(filled)
+            found += [filled + x for x in shard.doc_starts(off, off + take)]
+        return np.array(found, dtype=np.int64)
 
     def sample_id(self, index: int) -> str:
         epoch, w = self._position(index)
@@ -214,3 +228,7 @@ class MixtureSource:
     def sample_id(self, index: int) -> str:
         d, j = self.locate(index)
         return self.sources[d].sample_id(j)
+
+    def doc_starts(self, index: int) -> np.ndarray:
+        d, j = self.locate(index)
+        return self.sources[d].doc_starts(j)

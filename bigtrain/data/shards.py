@@ -178,6 +178,11 @@ class MappedShard:
         parts.append(mm[lo[k - 1]:lo[k - 1] + (b - starts[k - 1]) * item])
         out[:] = np.frombuffer(b"".join(parts), dtype=self.dtype)
 
+    def doc_starts(self, a: int, b: int) -> list[int]:
+        """Where documents begin strictly inside ``(a, b)`` of the shard's stream, relative to ``a``."""
+        starts = self._starts
+        return [x - a for x in starts[bisect_right(starts, a):bisect_left(starts, b)]]
+
     def release(self) -> None:
         """Drop the pages read so far from this process's resident memory (they stay in the page cache and
         are mapped again when read), so a pass over a shard does not leave all of it resident."""

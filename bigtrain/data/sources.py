@@ -32,6 +32,10 @@ class SyntheticSource:
     def sample_id(self, index: int) -> str:
         return f"synthetic:{self.seed}:{index}"
 
+    def doc_starts(self, index: int) -> np.ndarray:
+        """Each window is one sequence of its own."""
+        return np.zeros(0, dtype=np.int64)
+
 
 class TokenFileSource:
     """Windows cut from one flat array of token ids (a ``.npy`` file, memory-mapped).

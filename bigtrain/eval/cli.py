@@ -46,9 +46,6 @@ def run_eval(args) -> int:
         raise BigtrainError(f"--checkpoint {args.checkpoint}: no such checkpoint directory")
     if not Path(args.data).is_dir():
         raise BigtrainError(f"--data {args.data}: no such dataset directory")
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     from bigtrain.eval.heldout import ByteCounter, evaluate_windows, heldout_source
     from bigtrain.generate.inference import load_model_for_inference
     from bigtrain.checkpoint.manager import resolve_checkpoint

@@ -116,22 +116,3 @@ def heldout_source(data_dir: str, split: str, seq_len: int, vocab_size: int):
     if split not in ("train", "heldout"):
         raise BigtrainError(f"--split {split}: expected train or heldout")
     return ShardWindowSource(data_dir, seq_len, seed=0, split=split, shuffle_buffer=0, vocab_size=vocab_size)
-
-
-def training_eval_bits_per_byte(trainer, loss: float, n_samples: int) -> dict[str, Any]:
-    """bpb of the in-training held-out evaluation: its windows are global held-out samples [0, n_samples),
-    every target counts (pretraining windows have no ignored labels), so nats = loss × tokens."""
-    from bigtrain.data.build import build_source, dataset_tokenizer
-
-    if dataset_tokenizer(trainer.job) is None:
-        return {}
-    counter = getattr(trainer, "_byte_counter", None)
-    if counter is None:
-        counter = trainer._byte_counter = ByteCounter(trainer.tokenizer)
-        trainer._eval_bytes_cache = {}
-    if n_samples not in trainer._eval_bytes_cache:
-        source = build_source(trainer.job, split="heldout")
-        trainer._eval_bytes_cache[n_samples] = sum(counter.target_bytes(source.window(i)) for i in range(n_samples))
-    nbytes = trainer._eval_bytes_cache[n_samples]
-    tokens = n_samples * trainer.job.model.seq_len
-    return {"bpb": loss * tokens / (LN2 * nbytes) if nbytes else None, "tokens": tokens, "bytes": nbytes}

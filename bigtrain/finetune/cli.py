@@ -21,9 +21,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     from bigtrain.errors import BigtrainError
     from bigtrain.finetune.run import run_finetune
     from bigtrain.train.cli import EXIT_PREEMPTED

@@ -5,10 +5,10 @@ prompt side (system and user turns, ``assistant_prefix``) is encoded as one piec
 turn and carries no loss; each assistant turn (its content and ``assistant_suffix``, then EOS) carries
 loss. Labels are ``-100`` wherever the *target* token is prompt, so ``lm_loss`` ignores them.
 
-Batches: with ``sft.pack`` several examples share a sequence of ``model.seq_len`` positions and inputs are
-``[batch, 2, seq_len]`` (token ids, segment ids: 1, 2, … per example, 0 for padding); the model attends
-only within a segment (see ``bigtrain.model.llama.segment_mask``). Without packing, inputs are
-``[batch, seq_len]``, one example per row, right-padded. Row order: examples are shuffled per epoch by a
+Batches (:class:`~bigtrain.data.batch.Batch`): with ``sft.pack`` several examples share a sequence of
+``model.seq_len`` positions and ``doc_ids`` numbers them (1, 2, … per example, 0 for the padding), so the model
+attends only within an example (``bigtrain.model.attention``). Without packing, one example per row,
+right-padded. Row order: examples are shuffled per epoch by a
 seeded permutation and packed greedily in that order, so sample ``i`` (and the resume position) depends
 only on (examples, seq_len, seed, i), the same contract as the pretraining loader.
 """
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bigtrain.data.batch import Batch
 from bigtrain.errors import BigtrainError
 from bigtrain.finetune.config import SFTConfig
 
@@ -171,13 +172,13 @@ class SFTLoader:
     """Deterministic, resumable, data-parallel loader of SFT rows (same sample-order contract as pretraining)."""
 
     def __init__(self, enc: Encoded, seq_len: int, micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
-                 pack: bool, pad_id: int, shuffle: bool = True):
-        self.enc, self.seq_len, self.pack, self.pad_id = enc, seq_len, pack, max(pad_id, 0)
+                 sft: SFTConfig, pad_id: int, shuffle: bool = True):
+        self.enc, self.seq_len, self.pack, self.pad_id = enc, seq_len, sft.pack, max(pad_id, 0)
         self.micro_batch_size, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
         self.seed, self.shuffle = seed, shuffle
+        self.sft = sft
         self.consumed = 0
         self._epochs: OrderedDict[int, list[list[int]]] = OrderedDict()
-        self.source = self  # sample_id for the trainer's logs
 
     # --- rows -------------------------------------------------------------------------------------
     def epoch_rows(self, epoch: int) -> list[list[int]]:
@@ -232,15 +233,13 @@ class SFTLoader:
         start = self.consumed + self.dp_rank * self.micro_batch_size
         return range(start, start + self.micro_batch_size)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Batch:
         rows = [self.row(i) for i in self.indices()]
         self.consumed += self.micro_batch_size * self.dp_size
         tokens = torch.from_numpy(np.stack([r[0] for r in rows]))
         labels = torch.from_numpy(np.stack([r[2] for r in rows]))
-        if self.pack:
-            segs = torch.from_numpy(np.stack([r[1] for r in rows]))
-            return torch.stack([tokens, segs], dim=1), labels
-        return tokens, labels
+        docs = torch.from_numpy(np.stack([r[1] for r in rows]).astype(np.int32)) if self.pack else None
+        return Batch(tokens, labels, docs)
 
     def __iter__(self):
         return self
@@ -249,8 +248,7 @@ class SFTLoader:
         return self.next_batch()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consumed_samples": self.consumed, "sft_examples": self.enc.fingerprint,
-                "sft": getattr(self, "sft_config", None)}
+        return {"consumed_samples": self.consumed, "sft_examples": self.enc.fingerprint, "sft": self.sft.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("sft_examples")

@@ -70,14 +70,10 @@ def make_loader_factory(job, sft: SFTConfig, tok):
     def factory(job_, dp_rank: int, dp_size: int, split: str = "train"):
         t = job_.train
         if split == "train":
-            loader = SFTLoader(train_enc, seq, t.micro_batch_size, dp_rank, dp_size, t.seed, sft.pack, tok.pad_id)
-        else:
-            if eval_enc is None:
-                raise BigtrainError("no held-out SFT examples: set sft.eval_path or sft.eval_fraction")
-            loader = SFTLoader(eval_enc, seq, t.micro_batch_size, dp_rank, dp_size, t.seed, sft.pack, tok.pad_id,
-                               shuffle=False)
-        loader.sft_config = sft.to_dict()
-        return loader
+            return SFTLoader(train_enc, seq, t.micro_batch_size, dp_rank, dp_size, t.seed, sft, tok.pad_id)
+        if eval_enc is None:
+            raise BigtrainError("no held-out SFT examples: set sft.eval_path or sft.eval_fraction")
+        return SFTLoader(eval_enc, seq, t.micro_batch_size, dp_rank, dp_size, t.seed, sft, tok.pad_id, shuffle=False)
 
     return factory, train_enc
 

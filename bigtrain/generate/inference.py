@@ -8,19 +8,19 @@ when torch.distributed is not initialised.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bigtrain import quiet
 from bigtrain.errors import BigtrainError
 from bigtrain.model.config import ModelConfig
 
 
 def ensure_single_process_parallel() -> None:
     """torch.distributed + megatron-core parallel_state for TP = PP = 1 in this process."""
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    quiet.install()
     import torch.distributed as dist
     from megatron.core import parallel_state
 

@@ -22,6 +22,7 @@ from megatron.core import ModelParallelConfig, tensor_parallel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from torch import nn
 
+from bigtrain.model.attention import document_attention, document_plan
 from bigtrain.model.config import ModelConfig
 
 TIED_EMBEDDING_KEY = "embed"
@@ -83,9 +84,15 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return inv_freq
 
 
-def rotary_cos_sin(seq_len: int, inv_freq: torch.Tensor, device, dtype, offset: int = 0):
-    t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, inv_freq)
+def rotary_cos_sin(seq_len: int, inv_freq: torch.Tensor, device, dtype, offset: int = 0,
+                   position_ids: torch.Tensor | None = None):
+    """cos, sin: ``[seq, head_dim]`` for positions offset … offset + seq - 1, or ``[batch, 1, seq, head_dim]``
+    for explicit ``position_ids`` ``[batch, seq]``."""
+    if position_ids is None:
+        t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+    else:
+        freqs = (position_ids[:, None, :, None].float() * inv_freq).float()
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -113,41 +120,27 @@ class Embedding(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.dim() == 3:  # [batch, 2, seq]: token ids and segment ids
-            return attach_segments(self.embed_tokens(tokens[:, 0]), tokens[:, 1])
-        return self.embed_tokens(tokens)
+    def forward(self, tokens):
+        ids, extra = split_activation(tokens)
+        return join_activation(self.embed_tokens(ids), extra)
 
 
-# --- optional segment ids (packed sequences without attention across examples) ----------------------
-# Inputs of shape [batch, 2, seq] are (token ids, segment ids). The embedding appends the segment ids to
-# the hidden state as SEGMENT_CHANNELS extra channels (hi and lo byte, exact even in bf16), every block
-# strips them, attends only within a segment (block-diagonal causal mask) and appends them again, and
-# the final norm drops them. One activation tensor therefore still flows between layers, which keeps the
-# DeepSpeed pipeline (PP > 1) unchanged. Plain [batch, seq] inputs take the usual causal path.
-SEGMENT_CHANNELS = 2
+# --- packed documents ------------------------------------------------------------------------------
+# Between layers (and between pipeline stages, where DeepSpeed sends tuples of tensors) an activation is the
+# hidden state [batch, seq, d_model] alone, or, for packed documents, the tuple (hidden, doc_ids) or
+# (hidden, doc_ids, position_ids): doc_ids [batch, seq] confine attention to each document
+# (bigtrain.model.attention); position_ids [batch, seq] are the rotary positions (restarting per document).
+# The embedding takes the same forms with token ids in place of the hidden state.
+
+def split_activation(x) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(hidden or token ids, the document tensors that ride along: () or (doc_ids[, position_ids]))."""
+    if isinstance(x, tuple):
+        return x[0], tuple(x[1:])
+    return x, ()
 
 
-def attach_segments(hidden: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-    seg = segment_ids.long()
-    extra = torch.stack([seg // 256, seg % 256], dim=-1).to(hidden.dtype)
-    return torch.cat([hidden, extra], dim=-1)
-
-
-def split_segments(x: torch.Tensor, d_model: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden, segment ids or None) of an activation that may carry segment channels."""
-    if x.shape[-1] == d_model:
-        return x, None
-    extra = x[..., d_model:].detach().float().round().long()
-    return x[..., :d_model], extra[..., 0] * 256 + extra[..., 1]
-
-
-def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """[batch, 1, seq, seq] bool: query i sees key j iff j <= i and both are in the same segment."""
-    s = segment_ids.shape[-1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-    return (same & causal)[:, None]
+def join_activation(hidden: torch.Tensor, extra: tuple[torch.Tensor, ...]):
+    return (hidden, *extra) if extra else hidden
 
 
 def tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
@@ -178,8 +171,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None, doc_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x)[0].view(b, s, self.n_heads, self.head_dim)
         k = self.k_proj(x)[0].view(b, s, self.n_kv_heads, self.head_dim)
@@ -190,19 +183,22 @@ class Attention(nn.Module):
         offset = kv_cache.length if kv_cache is not None else 0
         if self.inv_freq.device != x.device:  # moved once, not copied to the GPU in every step
             self.inv_freq = self.inv_freq.to(x.device)
-        cos, sin = rotary_cos_sin(s, self.inv_freq, x.device, q.dtype, offset)
+        cos, sin = rotary_cos_sin(s, self.inv_freq, x.device, q.dtype, offset, position_ids)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self, k, v)
-        window = self.sliding_window if self.sliding_window and offset + s > self.sliding_window else None
-        # With a cache and several new tokens the causal mask must be offset by the cached length.
-        if window is not None or (attn_mask is None and offset > 0 and s > 1):
-            mask = causal_mask(s, offset, window, x.device)
-            attn_mask = mask if attn_mask is None else attn_mask & mask
-        if attn_mask is not None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        if doc_ids is not None:
+            if kv_cache is not None:
+                raise ValueError("packed documents (doc_ids) cannot be decoded with a KV cache")
+            out = document_attention(q, k, v, document_plan(doc_ids, self.sliding_window), self.sliding_window)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=offset == 0, enable_gqa=True)
+            if kv_cache is not None:
+                k, v = kv_cache.update(self, k, v)
+            window = self.sliding_window if self.sliding_window and offset + s > self.sliding_window else None
+            # With a cache and several new tokens the causal mask must be offset by the cached length.
+            if window is not None or (offset > 0 and s > 1):
+                mask = causal_mask(s, offset, window, x.device)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=offset == 0, enable_gqa=True)
         out = out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
         return self.o_proj(out)[0]
 
@@ -239,28 +235,25 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, mp: ModelParallelConfig, seed: int, layer_index: int):
         super().__init__()
         gen = _layer_generator(seed, layer_index)
-        self.d_model = cfg.d_model
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg, mp, gen)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg, mp, gen)
 
-    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
-        x, seg = split_segments(x, self.d_model)
-        mask = segment_mask(seg) if seg is not None else None
-        x = x + self.self_attn(self.input_layernorm(x), kv_cache, mask)
+    def forward(self, x, kv_cache: "KVCache | None" = None):
+        x, extra = split_activation(x)
+        x = x + self.self_attn(self.input_layernorm(x), kv_cache, *extra)
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x if seg is None else attach_segments(x, seg)
+        return join_activation(x, extra)
 
 
 class FinalNorm(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.d_model = cfg.d_model
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(split_segments(x, self.d_model)[0])
+    def forward(self, x) -> torch.Tensor:
+        return self.norm(split_activation(x)[0])
 
 
 class LMHead(nn.Module):

@@ -6,10 +6,11 @@ import os
 import re
 import socket
 import subprocess
-import warnings
 from dataclasses import dataclass
 
 import torch
+
+from bigtrain import quiet
 
 
 def configure_accelerator() -> str:
@@ -135,8 +136,7 @@ def init_distributed() -> DistInfo:
     map_launcher_env()
     if os.environ.get("BIGTRAIN_PROBE") == "1":  # set by the cluster scripts' users to check binding
         print(placement(), flush=True)
-    # megatron-core warns at import that Apex / Transformer Engine are absent; bigtrain needs neither.
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    quiet.install()
     import deepspeed
 
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -154,8 +154,9 @@ def init_distributed() -> DistInfo:
     if store is not None and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
                                              world_size=int(os.environ["WORLD_SIZE"]))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    else:  # Ray Train (or the store above) already made the group; DeepSpeed's comm layer adopts it
-        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
+    with quiet.quiet_stdout():
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        else:  # Ray Train (or the store above) already made the group; DeepSpeed's comm layer adopts it
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)

@@ -13,12 +13,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bigtrain.data.batch import batch_inputs
 from bigtrain.model.llama import Block, LayerSpec
 from bigtrain.parallel.topology import Topology
 
 
 class SequentialModel(nn.Module):
-    """Runs the specs in order; ``forward(tokens, labels)`` returns the loss, or logits without labels."""
+    """Runs the specs in order; ``forward(tokens, labels)`` returns the loss, or logits without labels.
+
+    ``doc_ids`` / ``position_ids`` (a :class:`~bigtrain.data.batch.Batch`'s packed-document fields) ride along
+    with the activation as the pipeline stages pass them (see ``bigtrain.model.llama.split_activation``)."""
 
     def __init__(self, specs: list[LayerSpec], loss_fn: Callable, activation_checkpointing: bool = False):
         super().__init__()
@@ -36,8 +40,9 @@ class SequentialModel(nn.Module):
                 self.add_module(str(idx), module)
             self._calls.append((module, spec.forward_fn))
 
-    def hidden_and_logits(self, tokens: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        x = tokens
+    def hidden_and_logits(self, tokens: torch.Tensor, kv_cache=None, doc_ids: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = batch_inputs(tokens, doc_ids, position_ids)
         for module, forward_fn in self._calls:
             if forward_fn is not None:
                 x = forward_fn(module, x)
@@ -50,8 +55,9 @@ class SequentialModel(nn.Module):
                 x = module(x)
         return x
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
-        logits = self.hidden_and_logits(tokens, kv_cache)
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, kv_cache=None,
+                doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.hidden_and_logits(tokens, kv_cache, doc_ids, position_ids)
         if labels is None:
             return logits
         return self.loss_fn(logits, labels)

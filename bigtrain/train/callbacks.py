@@ -1,9 +1,16 @@
-"""Callbacks the trainer calls on rank 0: metrics.jsonl, console, TensorBoard, loss-curve PNG."""
+"""Callbacks: what happens around the training step.
+
+On every rank (they run collectives): :class:`Checkpointing` (cadence, and the save at the end of a run
+or a stop), :class:`Evaluation` (held-out loss every ``train.eval_interval`` steps). On rank 0 only:
+:class:`SpikeDetection`, :class:`MetricsFile`, :class:`Console`, :class:`TensorBoard`, :class:`LossPlot`.
+Launchers and fine-tuning methods add their own (e.g. Ray Train's checkpoint reports).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +19,86 @@ from bigtrain.io import atomic_write_bytes, atomic_write_text
 
 class Callback:
     def on_train_start(self, trainer) -> None: ...
+    def on_step_end(self, trainer, record: dict[str, Any]) -> None:
+        """After optimizer step ``trainer.step`` (``record``: its loss, lr, grad norm, skipped, throughput)."""
     def on_log(self, trainer, record: dict[str, Any]) -> None: ...
     def on_checkpoint(self, trainer, ckpt_dir: Path) -> None: ...
     def on_train_end(self, trainer) -> None: ...
+
+
+class Checkpointing(Callback):
+    """A checkpoint every ``interval`` steps and at the last step; at the end of the run (max_steps,
+    stop_after, a signal, or a stop after non-finite steps) one more unless this step is already saved."""
+
+    def __init__(self, interval: int):
+        self.interval = interval
+
+    def on_train_start(self, trainer) -> None:
+        self.saved_at = trainer.step
+
+    def on_step_end(self, trainer, record: dict[str, Any]) -> None:
+        if (self.interval and trainer.step % self.interval == 0) or trainer.step == trainer.end_step:
+            trainer.save()
+            self.saved_at = trainer.step
+
+    def on_train_end(self, trainer) -> None:
+        if self.saved_at != trainer.step:
+            trainer.save()
+            self.saved_at = trainer.step
+
+
+class Evaluation(Callback):
+    """Held-out loss and perplexity every ``interval`` steps and at max_steps; with ``bits_per_byte`` (a
+    tokenizer and preprocessed datasets whose every target counts) also bpb: the bytes of the evaluated
+    windows are counted once per run."""
+
+    def __init__(self, interval: int, bits_per_byte: bool = False):
+        self.interval, self.bits_per_byte = interval, bits_per_byte
+        self._counter = None
+        self._bytes: dict[int, int] = {}
+
+    def on_step_end(self, trainer, record: dict[str, Any]) -> None:
+        if self.interval and (trainer.step % self.interval == 0 or trainer.step == trainer.job.train.max_steps):
+            result = {"step": trainer.step, **trainer.evaluate()}
+            if self.bits_per_byte:
+                result.update(self._bpb(trainer, result["loss"]))
+            trainer.emit(result)
+
+    def _bpb(self, trainer, loss: float) -> dict[str, Any]:
+        from bigtrain.data.build import build_source
+        from bigtrain.eval.heldout import LN2, ByteCounter
+
+        t = trainer.job.train
+        n = t.eval_batches * t.micro_batch_size * trainer.topo.dp  # the evaluated windows: held-out [0, n)
+        if n not in self._bytes:
+            self._counter = self._counter or ByteCounter(trainer.tokenizer)
+            source = build_source(trainer.job, split="heldout")
+            self._bytes[n] = sum(self._counter.target_bytes(source.window(i)) for i in range(n))
+        tokens = n * trainer.job.model.seq_len
+        nbytes = self._bytes[n]
+        return {"bpb": loss * tokens / (LN2 * nbytes) if nbytes else None, "tokens": tokens, "bytes": nbytes}
+
+
+class SpikeDetection(Callback):
+    """Warn, naming the step's sample ids, when a step's loss exceeds ``factor`` × the mean of the last 50
+    finite steps (after 10 of them)."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.recent: deque[float] = deque(maxlen=50)
+
+    def on_step_end(self, trainer, record: dict[str, Any]) -> None:
+        if record["skipped"] or not self.factor:
+            return
+        loss = record["loss"]
+        if len(self.recent) >= 10:
+            mean = sum(self.recent) / len(self.recent)
+            if loss > self.factor * mean:
+                ids = trainer.step_sample_ids(trainer.step)
+                shown = ", ".join(ids[:16]) + (f", … ({len(ids)} in all)" if len(ids) > 16 else "")
+                print(f"warning: loss spike at step {trainer.step}: {loss:.4f} > {self.factor} × running mean "
+                      f"{mean:.4f}; samples: {shown}", flush=True)
+        self.recent.append(loss)
 
 
 class MetricsFile(Callback):

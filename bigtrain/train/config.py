@@ -42,6 +42,9 @@ class TrainConfig(Config):
     """fp32 (default, and the one that is bitwise reproducible on CPU) or bf16."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass to save memory."""
+    compile: bool = False
+    """torch.compile each transformer block (the first steps pay the compilation; see tools/bench_step.py
+    for what it gains on your machine)."""
     max_nonfinite_steps: int = 5
     """Stop (with a checkpoint of the last good weights) after this many consecutive steps whose loss or
     gradient norm is not finite; each such step is skipped, not applied."""

@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,9 +23,11 @@ import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_verified_checkpoint, read_meta
 from bigtrain.config.job import JobConfig
+from bigtrain.data.build import dataset_tokenizer
 from bigtrain.errors import BigtrainError
 from bigtrain.io import atomic_write_text
-from bigtrain.train.callbacks import Callback, Console, LossPlot, MetricsFile, TensorBoard
+from bigtrain.train.callbacks import (Callback, Checkpointing, Console, Evaluation, LossPlot, MetricsFile, SpikeDetection,
+                                      TensorBoard)
 from bigtrain.train.flops import flops_per_token, peak_flops
 from bigtrain.train.guard import GradNormClip, GuardedLoss, SkippingAdamW
 from bigtrain.train.schedule import lr_factor
@@ -74,7 +75,6 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str
 def resolve_tokenizer(job: JobConfig):
     """The run's tokenizer: ``tokenizer`` from the config, else the one the datasets were made with.
     Checked against the model's vocabulary and the datasets' tokenizer; None for synthetic/token files."""
-    from bigtrain.data.build import dataset_tokenizer
     from bigtrain.tokenizer import load_tokenizer
 
     from_data = dataset_tokenizer(job)
@@ -141,6 +141,10 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
     module = build_module(specs, topo, loss_fn, job.train.activation_checkpointing, job.parallel.partition_method)
     if init_fn is not None:
         init_fn(module, topo)
+    if job.train.compile:
+        from bigtrain.train.module import compile_blocks
+
+        compile_blocks(module)
     t = job.train
     optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     if unpartitioned_fp32(job, dp):
@@ -156,11 +160,14 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
 
 
 class Trainer:
+    """The loop: the LR schedule, non-finite steps, stop requests, and callbacks around each step; a
+    :class:`~bigtrain.train.module.TrainModule` runs the step itself."""
+
     def __init__(self, job: JobConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
                  init_fn: Callable[[torch.nn.Module, Any], None] | None = None,
                  loader_factory: Callable[..., Any] | None = None, stop_file: str | Path | None = None):
         """``init_fn(module, topo)``: starting weights (see build_engine; a checkpoint to resume wins).
-        ``loader_factory(job, dp_rank, dp_size, split)``: the data (default: build_loader).
+        ``loader_factory(job, dp_rank, dp_size, split)``: the data (default: build_loader over data.path).
         ``stop_file``: a file whose appearance asks for a save and a stop, like SIGTERM (a launcher whose
         workers cannot take signals, e.g. Ray Train, writes it; rank 0 looks for it once a step)."""
         self.job = job
@@ -171,7 +178,8 @@ class Trainer:
         self.start_step = 0
         self.step = 0
         self.skipped_steps = 0
-        self.stop_signal = 0
+        self.stop_signal = 0  # the one stop flag: a signal this rank got, then the one all ranks agreed on
+        self.stop_reason: str | None = None
         self.stop_file = Path(stop_file) if stop_file else None
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -182,25 +190,35 @@ class Trainer:
         built = build_engine(job, self.init_fn)
         self.engine, self.topo, self.info, self.loss_fn = built.engine, built.topo, built.info, built.loss_fn
         from bigtrain.data.build import build_loader
+        from bigtrain.train.module import train_module
 
         t, dp = job.train, self.topo.dp
-        self.pipelined = self.topo.pp > 1
-        self.loader = (self.loader_factory or build_loader)(job, self.topo.dp_rank, dp, split="train")
-        self.gas = t.global_batch_size // (t.micro_batch_size * dp)
+        self.make_loader = self.loader_factory or build_loader
+        self.loader = self.make_loader(job, self.topo.dp_rank, dp, split="train")
+        gas = t.global_batch_size // (t.micro_batch_size * dp)
+        self.module = train_module(self.engine, self.topo, self.info.device, gas)
         self.tokens_per_step = t.global_batch_size * job.model.seq_len
+        self.end_step = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
         self.checkpoints = CheckpointManager(self.run_dir, job.checkpoint.keep)
         ran = self.layout()["zero_stage"]
         if self.info.rank == 0 and ran != job.parallel.zero_stage:
             print(f"parallel.zero_stage={job.parallel.zero_stage} runs as ZeRO stage {ran}: data-parallel "
                   "size 1 has nothing to partition", flush=True)
         self._resume()
-        self.callbacks: list[Callback] = []
-        if self.info.rank == 0:
-            self.callbacks = [MetricsFile(self.run_dir), Console(), TensorBoard(self.run_dir),
-                              LossPlot(self.run_dir)]
-        self.callbacks += self.extra_callbacks
+        self.callbacks = self.default_callbacks() + self.extra_callbacks
         self.peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.flops_per_token = flops_per_token(job.model)
+
+    def default_callbacks(self) -> list[Callback]:
+        t = self.job.train
+        # bpb needs every target of the evaluated windows counted: pretraining data without document masking
+        bpb = (self.loader_factory is None and self.tokenizer is not None and not self.job.data.document_masking
+               and dataset_tokenizer(self.job) is not None)
+        callbacks: list[Callback] = [Evaluation(t.eval_interval, bpb), Checkpointing(self.job.checkpoint.interval)]
+        if self.info.rank == 0:
+            callbacks += [SpikeDetection(t.spike_factor), MetricsFile(self.run_dir), Console(),
+                          TensorBoard(self.run_dir), LossPlot(self.run_dir)]
+        return callbacks
 
     def _resume(self) -> None:
         # Rank 0 verifies checksums once; every rank loads the checkpoint it chose.
@@ -245,63 +263,24 @@ class Trainer:
                             f"--zero-stage {self.job.parallel.zero_stage}")
 
     # ------------------------------------------------------------------------------------------ steps
-    def _dp_mean(self, value: torch.Tensor) -> float:
-        if self.topo.dp > 1:
-            from megatron.core import parallel_state
-
-            value = value.clone()
-            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
-            value /= self.topo.dp
-        return float(value)
-
     def lr_at(self, step: int) -> float:
         t = self.job.train
         return t.lr * lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio)
 
     def train_step(self) -> dict[str, Any]:
-        engine = self.engine
         lr = self.lr_at(self.step)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+        self.module.set_lr(lr)
         self.loss_fn.step = self.step + 1
-        if self.pipelined:
-            loss = float(engine.train_batch(data_iter=self.loader))
-        else:
-            losses = []
-            dev = self.info.device
-            for _ in range(self.gas):
-                inputs, labels = self.loader.next_batch()
-                loss_t = engine(inputs.to(dev), labels.to(dev))
-                engine.backward(loss_t)
-                engine.step()
-                losses.append(loss_t.detach().float())
-            loss = self._dp_mean(torch.stack(losses).mean())
-        grad_norm = engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None  # None: clipping is off
+        loss = self.module.train_batch(self.loader)
+        grad_norm = self.module.grad_norm()  # None: clipping is off
         skipped = not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm))
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": skipped}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        from bigtrain.data.build import build_loader
-
-        loader = (self.loader_factory or build_loader)(self.job, self.topo.dp_rank, self.topo.dp, split="heldout")
-        n = self.job.train.eval_batches
-        self.engine.eval()
-        if self.pipelined:
-            loss = float(self.engine.eval_batch(data_iter=loader, num_micro_batches=n))
-        else:
-            dev = self.info.device
-            losses = [self.engine(x.to(dev), y.to(dev)).float() for x, y in (loader.next_batch() for _ in range(n))]
-            loss = self._dp_mean(torch.stack(losses).mean())
-        self.engine.train()
-        record = {"split": "heldout", "loss": loss, "ppl": math.exp(min(loss, 50.0))}
-        if self.loader_factory is None and self.tokenizer is not None:
-            from bigtrain.eval.heldout import training_eval_bits_per_byte
-
-            # the evaluated windows are global held-out samples [0, n × micro-batch × DP)
-            record.update(training_eval_bits_per_byte(self, loss, n * self.job.train.micro_batch_size * self.topo.dp))
-        return record
+        """Held-out loss over ``train.eval_batches`` micro-batches per data-parallel rank (collective)."""
+        loader = self.make_loader(self.job, self.topo.dp_rank, self.topo.dp, split="heldout")
+        loss = self.module.eval_batches(loader, self.job.train.eval_batches)
+        return {"split": "heldout", "loss": loss, "ppl": math.exp(min(loss, 50.0))}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"config": self.job.to_dict(), "loader": self.loader.state_dict(),
@@ -328,26 +307,12 @@ class Trainer:
             cb.on_checkpoint(self, ckpt)
         return ckpt
 
-    def _samples_digest(self, first_sample: int, count: int) -> str | None:
-        """A short hash of the ids of the step's samples: equal digests, equal data (resume checks)."""
-        source = getattr(self.loader, "source", None)
-        if source is None:
-            return None
-        h = hashlib.sha1()
-        for i in range(first_sample, first_sample + count):
-            h.update(source.sample_id(i).encode() + b"\n")
-        return h.hexdigest()[:16]
+    def step_sample_ids(self, step: int) -> list[str]:
+        """Names of the global samples optimizer step ``step`` (1-based) trained on."""
+        gbs = self.job.train.global_batch_size
+        return [self.loader.sample_id(i) for i in range((step - 1) * gbs, step * gbs)]
 
-    def _warn_spike(self, loss: float, mean: float, first_sample: int, count: int) -> None:
-        if self.info.rank != 0:
-            return
-        source = getattr(self.loader, "source", None)
-        ids = [source.sample_id(i) for i in range(first_sample, first_sample + count)] if source else []
-        shown = ", ".join(ids[:16]) + (f", … ({len(ids)} in all)" if len(ids) > 16 else "")
-        print(f"warning: loss spike at step {self.step}: {loss:.4f} > {self.job.train.spike_factor} × running "
-              f"mean {mean:.4f}; samples: {shown}", flush=True)
-
-    def _emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_log(self, record)
 
@@ -355,15 +320,14 @@ class Trainer:
     def _install_signal_handlers(self) -> None:
         """SIGTERM / SIGUSR1 (preemption, `scancel`, SLURM's --signal) ask for a save and a clean exit
         at the end of the current step; every rank agrees on the step through one all-reduce."""
-        self._stop_signal = 0
         note = f"rank {self.info.rank} on {socket.gethostname()} got signal {{}}\n"
 
         def handler(signum, frame):
-            if not self._stop_signal:
+            if not self.stop_signal:
                 # One line per rank that got it (shows a signal reached every rank, on every node); a raw
                 # write, as the handler may run while print() is inside the same stream.
                 os.write(1, note.format(signum).encode())
-            self._stop_signal = signum
+            self.stop_signal = signum
 
         if threading.current_thread() is not threading.main_thread():
             # Python takes signals in the main thread only (Ray Train runs the loop in another one): the
@@ -377,36 +341,30 @@ class Trainer:
             signal.signal(sig, handler)
 
     def _stop_requested(self) -> bool:
-        if not self._stop_signal and self.stop_file is not None and self.info.rank == 0:
+        if not self.stop_signal and self.stop_file is not None and self.info.rank == 0:
             try:  # the file holds the signal number the launcher got
-                self._stop_signal = int(self.stop_file.read_text().strip() or signal.SIGTERM)
+                self.stop_signal = int(self.stop_file.read_text().strip() or signal.SIGTERM)
             except FileNotFoundError:
                 pass
             except ValueError:
-                self._stop_signal = signal.SIGTERM
-        flag = torch.tensor([float(self._stop_signal)], device=self.info.device)
+                self.stop_signal = signal.SIGTERM
+        flag = torch.tensor([float(self.stop_signal)], device=self.info.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not self.stop_signal:
-            self.stop_signal = int(flag.item())
-        return bool(flag.item())
+        self.stop_signal = int(flag.item())
+        return bool(self.stop_signal)
 
     def fit(self) -> dict[str, Any]:
-        job = self.job
-        t = job.train
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        last: dict[str, Any] = {}
-        saved_at = self.step
-        streak = 0
-        recent: deque[float] = deque(maxlen=50)
-        gbs = t.global_batch_size
-        end = min(t.max_steps, t.stop_after) if t.stop_after else t.max_steps
+        t = self.job.train
         self.stop_signal = 0
         self.stop_reason = None
         if self.info.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # a record of an earlier attempt
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        last: dict[str, Any] = {}
+        streak = 0
         self._install_signal_handlers()
-        while self.step < end:
+        while self.step < self.end_step:
             t0 = time.perf_counter()
             out = self.train_step()
             dt = time.perf_counter() - t0
@@ -417,28 +375,18 @@ class Trainer:
                 self.skipped_steps += 1
             else:
                 streak = 0
-                if t.spike_factor and len(recent) >= 10 and out["loss"] > t.spike_factor * (sum(recent) / len(recent)):
-                    self._warn_spike(out["loss"], sum(recent) / len(recent), (self.step - 1) * gbs, gbs)
-                recent.append(out["loss"])
             last = {"step": self.step, **out, "skipped_steps": self.skipped_steps,
                     "tokens": self.step * self.tokens_per_step, "tokens_per_s": tps, "step_time_s": dt}
             if self.peak:
                 last["mfu"] = tps * self.flops_per_token / (self.peak * self.info.world_size)
             if self.step % t.log_interval == 0 or self.step == t.max_steps:
                 if self.info.rank == 0:
-                    last["samples"] = self._samples_digest((self.step - 1) * gbs, gbs)
-                self._emit(last)
-            if t.eval_interval and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
-                self._emit({"step": self.step, **self.evaluate()})
-            interval = job.checkpoint.interval
-            if (interval and self.step % interval == 0) or self.step == end:
-                self.save()
-                saved_at = self.step
+                    last["samples"] = self._samples_digest(self.step)
+                self.emit(last)
+            for cb in self.callbacks:
+                cb.on_step_end(self, last)
             if streak >= t.max_nonfinite_steps:
                 # Skipped steps changed nothing, so the weights now are those of the last good step.
-                if saved_at != self.step:
-                    self.save()
-                    saved_at = self.step
                 self.stop_reason = (f"stopped after {streak} consecutive steps with a non-finite loss or gradient "
                                     f"norm (steps {self.step - streak + 1}-{self.step}); the checkpoint at step "
                                     f"{self.step} holds the last good weights")
@@ -447,13 +395,18 @@ class Trainer:
                 if self.info.rank == 0:
                     print(f"received signal {self.stop_signal}: saving at step {self.step} and stopping", flush=True)
                 break
-        if saved_at != self.step:
-            self.save()
+        for cb in self.callbacks:  # Checkpointing's last save comes before the writers' ends
+            cb.on_train_end(self)
         if self.stop_signal and self.info.rank == 0:
             self._record_stop()
-        for cb in self.callbacks:
-            cb.on_train_end(self)
         return last
+
+    def _samples_digest(self, step: int) -> str:
+        """A short hash of the ids of the step's samples: equal digests, equal data (resume checks)."""
+        h = hashlib.sha1()
+        for sid in self.step_sample_ids(step):
+            h.update(sid.encode() + b"\n")
+        return h.hexdigest()[:16]
 
     def _record_stop(self) -> None:
         """RUN/STOPPED_FILE: this attempt saved at a signal and stopped early. A batch script cannot tell that

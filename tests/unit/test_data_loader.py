@@ -79,7 +79,7 @@ def _run(jb, dp_size, steps, state=None):
     seen = []
     for _ in range(steps):
         for _ in range(accum):
-            per_rank = [ld.next_batch()[0] for ld in loaders]
+            per_rank = [ld.next_batch().input_ids for ld in loaders]
             for x in per_rank:
                 seen.extend(tuple(row.tolist()) for row in x)
     states = [ld.state_dict() for ld in loaders]
@@ -99,7 +99,9 @@ def test_resume_exact_across_dp(datasets, before, after):
 
 def test_labels_are_inputs_shifted(datasets):
     ld = build_loader(job(datasets[:1]), 0, 1)
-    x, y = ld.next_batch()
+    b = ld.next_batch()
+    x, y = b.input_ids, b.labels
+    assert b.doc_ids is None and b.position_ids is None
     assert x.shape == y.shape == (2, 32) and str(x.dtype) == "torch.int64"
     assert (x[:, 1:] == y[:, :-1]).all()
 
@@ -123,7 +125,7 @@ def test_mixing_weights_within_one_percent(datasets):
 def test_heldout_split(datasets):
     ld = build_loader(job(datasets[:1]), 0, 1, split="heldout")
     ld.next_batch()
-    assert all("/heldout/" in s for s in ld.last_sample_ids)
+    assert all("/heldout/" in ld.sample_id(i) for i in range(2))
 
 
 def test_vocab_larger_than_model_is_an_error(datasets):
@@ -147,8 +149,7 @@ def test_bad_paths(tmp_path, datasets):
 def test_synthetic_and_npy_still_work(tmp_path):
     np.save(tmp_path / "t.npy", np.arange(1000) % 100)
     for path in ("synthetic", str(tmp_path / "t.npy")):
-        x, y = build_loader(job([path], vocab=256), 0, 1).next_batch()
-        assert x.shape == (2, 32)
+        assert build_loader(job([path], vocab=256), 0, 1).next_batch().input_ids.shape == (2, 32)
 
 
 def _reference_windows(directory, seq_len, seed, shuffle_buffer, indices, split="train", stream=0):

@@ -56,18 +56,18 @@ def test_packed_rows_do_not_attend_across_examples(tok):
     exs = [[{"role": "user", "content": f"add one: {i} {i + 1}"}, {"role": "assistant", "content": f"{i + 1} {i + 2}"}]
            for i in range(6)]
     enc = encode_all(exs, tok, cfg, seq_len=64, where="t")
-    loader = SFTLoader(enc, 64, 2, 0, 1, seed=0, pack=True, pad_id=tok.pad_id)
-    inputs, labels = loader.next_batch()
-    assert inputs.shape == (2, 2, 64) and labels.shape == (2, 64)
-    segs = inputs[0, 1]
-    assert int(segs.max()) >= 2  # several examples in one row
+    loader = SFTLoader(enc, 64, 2, 0, 1, seed=0, sft=SFTConfig(pack=True), pad_id=tok.pad_id)
+    batch = loader.next_batch()
+    inputs, labels, docs = batch.input_ids, batch.labels, batch.doc_ids
+    assert inputs.shape == docs.shape == labels.shape == (2, 64) and batch.position_ids is None
+    assert int(docs[0].max()) >= 2  # several examples in one row
     model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=64),
                         seed=1)
     with torch.no_grad():
-        packed = model(inputs)
+        packed = model(inputs, doc_ids=docs)
         for b in range(2):
             for k, ex in enumerate(loader.row_examples(b), 1):
-                pos = (inputs[b, 1] == k).nonzero().flatten()
+                pos = (docs[b] == k).nonzero().flatten()
                 alone = model(torch.from_numpy(enc.inputs[ex])[None])[0]
                 assert torch.allclose(packed[b, pos], alone, atol=1e-5), (b, k)
         # the packed loss is the mean over the response targets of all examples in the batch
@@ -78,22 +78,22 @@ def test_packed_rows_do_not_attend_across_examples(tok):
 def test_loader_order_resume_and_dp(tok):
     exs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(40)]
     enc = encode_all(exs, tok, SFTConfig(), seq_len=32, where="t")
-    one = SFTLoader(enc, 32, 2, 0, 1, seed=5, pack=True, pad_id=3)
-    batches = [one.next_batch()[0] for _ in range(6)]
+    one = SFTLoader(enc, 32, 2, 0, 1, seed=5, sft=SFTConfig(pack=True), pad_id=3)
+    batches = [one.next_batch().input_ids for _ in range(6)]
     # two data-parallel ranks deal the same global rows
-    r0, r1 = (SFTLoader(enc, 32, 1, r, 2, seed=5, pack=True, pad_id=3) for r in (0, 1))
+    r0, r1 = (SFTLoader(enc, 32, 1, r, 2, seed=5, sft=SFTConfig(pack=True), pad_id=3) for r in (0, 1))
     for k in range(6):
-        assert torch.equal(torch.cat([r0.next_batch()[0], r1.next_batch()[0]]), batches[k])
+        assert torch.equal(torch.cat([r0.next_batch().input_ids, r1.next_batch().input_ids]), batches[k])
     # resume from a state dict
-    again = SFTLoader(enc, 32, 2, 0, 1, seed=5, pack=True, pad_id=3)
+    again = SFTLoader(enc, 32, 2, 0, 1, seed=5, sft=SFTConfig(pack=True), pad_id=3)
     again.load_state_dict({"consumed_samples": 6, "sft_examples": enc.fingerprint})
-    assert torch.equal(again.next_batch()[0], batches[3])
+    assert torch.equal(again.next_batch().input_ids, batches[3])
     with pytest.raises(BigtrainError):
         again.load_state_dict({"consumed_samples": 0, "sft_examples": "other"})
     # without packing: one example per row, plain [batch, seq] inputs
-    flat = SFTLoader(enc, 32, 2, 0, 1, seed=5, pack=False, pad_id=3)
-    x, y = flat.next_batch()
-    assert x.shape == (2, 32) and all(len(flat.row_examples(i)) == 1 for i in range(4))
+    flat = SFTLoader(enc, 32, 2, 0, 1, seed=5, sft=SFTConfig(pack=False), pad_id=3)
+    b = flat.next_batch()
+    assert b.input_ids.shape == (2, 32) and b.doc_ids is None and all(len(flat.row_examples(i)) == 1 for i in range(4))
 
 
 def test_bad_records_are_one_line_errors(tmp_path):

@@ -31,16 +31,16 @@ def test_flops_and_peak_table():
 def test_loader_order_does_not_depend_on_dp():
     src = SyntheticSource(256, 16, seed=3)
     one = DistributedWindowLoader(src, micro_batch_size=4, dp_rank=0, dp_size=1)
-    a = [one.next_batch()[0] for _ in range(2)]  # 8 samples
+    a = [one.next_batch().input_ids for _ in range(2)]  # 8 samples
     two = [DistributedWindowLoader(src, micro_batch_size=2, dp_rank=r, dp_size=2) for r in range(2)]
-    b = [[ld.next_batch()[0] for ld in two] for _ in range(2)]
+    b = [[ld.next_batch().input_ids for ld in two] for _ in range(2)]
     flat_a = np.concatenate([x.numpy() for x in a])
     flat_b = np.concatenate([x.numpy() for step in b for x in step])
     assert (flat_a == flat_b).all()
     state = one.state_dict()
     again = DistributedWindowLoader(src, 4)
     again.load_state_dict(state)
-    assert (again.next_batch()[0].numpy() == one.next_batch()[0].numpy()).all()
+    assert (again.next_batch().input_ids.numpy() == one.next_batch().input_ids.numpy()).all()
 
 
 def test_synthetic_task_is_a_progression():
