@@ -28,6 +28,8 @@ bigtrain preprocess --input data/python-docs.jsonl.gz --tokenizer "$OUT/tokenize
   --num-shards 8 --heldout-fraction 0.03 --workers 2
 
 stage "3/7 train: TP=2 over 2 processes (torchrun), held-out eval every 100 steps"
+# OMP_NUM_THREADS: the cores shared by the two ranks (unset, torchrun sets 1 and prints a warning banner).
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(getconf _NPROCESSORS_ONLN) / 2 > 0 ? $(getconf _NPROCESSORS_ONLN) / 2 : 1 ))} \
 torchrun --standalone --nproc_per_node 2 -m bigtrain train configs/tiny-cpu.yaml --run-dir "$OUT/train" \
   data.path="$OUT/data" tokenizer="$OUT/tokenizer" model.vocab_size=4096 model.seq_len=128 \
   model.d_model=128 model.ffn_hidden=384 parallel.tp=2 train.max_steps="$STEPS" train.global_batch_size=16 \

@@ -41,6 +41,11 @@ class JobConfig(Config):
             raise BigtrainError(f"parallel.tp={p.tp} does not divide model.ffn_hidden={m.ffn_size}")
         if m.vocab_size % p.tp:
             raise BigtrainError(f"parallel.tp={p.tp} does not divide model.vocab_size={m.vocab_size}")
+        if self.train.compile and self.train.activation_checkpointing and p.tp > 1:
+            # measured: compiled blocks recomputed under checkpointing issue the tensor-parallel all-reduces out
+            # of order across ranks (a gloo size mismatch, or a hang), so the combination is refused
+            raise BigtrainError("train.compile=true with train.activation_checkpointing=true needs parallel.tp=1 "
+                                "(compile or checkpoint, not both, under tensor parallelism)")
         if m.n_layers % p.pp:
             raise BigtrainError(f"parallel.pp={p.pp} does not divide model.n_layers={m.n_layers} "
                                 "into equal pipeline stages")

@@ -12,8 +12,10 @@ def register(sub) -> None:
                        description="Evaluate a checkpoint (run dir, checkpoint dir of any TP/PP layout, or a "
                        "consolidated one) on a preprocessed dataset's split, in one process. The split is cut into "
                        "windows of model.seq_len+1 tokens in stream order (as in training's held-out evaluation). "
-                       "Writes JSON (--output) and prints a table. For lm-eval-harness tasks use "
-                       "`lm_eval --model bigtrain --model_args checkpoint=CKPT` (see bigtrain/eval/lm_eval_adapter.py).")
+                       "Writes JSON (--output) and prints a table. For lm-evaluation-harness tasks run "
+                       "`python -m bigtrain.eval.harness --model bigtrain --model_args checkpoint=CKPT --tasks TASKS` "
+                       "(lm_eval with bigtrain's model registered; see bigtrain/eval/harness.py), or `lm_eval --model hf` "
+                       "on a `bigtrain export-hf` output.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="run dir, checkpoint dir or consolidated dir")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset directory from `bigtrain preprocess`")
     p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="split to evaluate (default heldout)")

@@ -133,6 +133,10 @@ def main() -> None:
     """``python -m bigtrain.eval.harness ARGS``: lm_eval's CLI with the ``bigtrain`` model registered."""
     from lm_eval.__main__ import cli_evaluate
 
+    from bigtrain import quiet
+
+    quiet.install()
+
     cli_evaluate()
 
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import TOKENIZER_SUBDIR, CheckpointManager, latest_verified_checkpoint, read_meta
 from bigtrain.config.job import JobConfig
-from bigtrain.data.build import dataset_tokenizer
+from bigtrain.data.build import build_loader, dataset_tokenizer
 from bigtrain.errors import BigtrainError
 from bigtrain.io import atomic_write_text
 from bigtrain.train.callbacks import (Callback, Checkpointing, Console, Evaluation, LossPlot, MetricsFile, SpikeDetection,
@@ -189,7 +189,6 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         built = build_engine(job, self.init_fn)
         self.engine, self.topo, self.info, self.loss_fn = built.engine, built.topo, built.info, built.loss_fn
-        from bigtrain.data.build import build_loader
         from bigtrain.train.module import train_module
 
         t, dp = job.train, self.topo.dp

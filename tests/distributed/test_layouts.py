@@ -22,6 +22,9 @@ LAYOUTS = {
     "dp2-zero1": (2, ["parallel.zero_stage=1"]),
     "dp2-zero2": (2, ["parallel.zero_stage=2"]),
     "dp2-zero3": (2, ["parallel.zero_stage=3"]),
+    # train.compile: observed |diff| ~1e-7 too, on every layout it allows (tests/unit/test_config.py: the one refused)
+    "tp2-pp2-compile": (4, ["parallel.tp=2", "parallel.pp=2", "train.compile=true"]),
+    "compile-ckpt": (1, ["train.compile=true", "train.activation_checkpointing=true"]),
 }
 
 

@@ -2,6 +2,7 @@
 Ray preprocessing → TP=2 training on the shards → summary. Guards the README against rot."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,12 @@ def test_main_job_script(tmp_path):
     assert meta["layout"]["tp"] == 2 and meta["config"]["data"]["path"] == [str(out / "data")]
     assert "held-out       loss" in proc.stdout and "main job done" in proc.stdout
     assert "logits match transformers" in proc.stdout + proc.stderr
+    # No third-party warning reaches the console (bigtrain/quiet.py): no Python warning from a library, no
+    # torchrun banner (W1206 12:00:00 …), no DeepSpeed op-build line, no transformers progress bar.
+    noise = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+             if "site-packages" in ln or "Warning" in ln or re.match(r"[WE]\d{4} ", ln)
+             or "built successfully" in ln or "Loading weights" in ln]
+    assert not noise, noise[:6]
     ev = json.loads((out / "eval.json").read_text())
     assert ev["split"] == "heldout" and ev["tokens"] > 0 and 0 < ev["bpb"] < 8 and ev["ppl"] > 1
     assert (out / "hf" / "config.json").is_file() and (out / "sample.txt").read_text().startswith("The Python")

@@ -54,6 +54,9 @@ BAD_CONFIGS = [
     (["data.weights=[0.5, 0.5]"], "data.weights has 2 entries but data.path has 1: give one weight per path"),
     (["model.vocab_size=255", "parallel.tp=2"], "parallel.tp=2 does not divide model.vocab_size=255"),
     (["bogus"], "bad override 'bogus': expected key=value"),
+    (["train.compile=true", "train.activation_checkpointing=true", "parallel.tp=2"],
+     "train.compile=true with train.activation_checkpointing=true needs parallel.tp=1"),
+    (["data.reset_position_ids=true"], "data.reset_position_ids=true needs data.document_masking=true"),
 ]
 
 
