@@ -92,7 +92,7 @@ def rotary_cos_sin(seq_len: int, inv_freq: torch.Tensor, device, dtype, offset: 
         t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
     else:
-        freqs = (position_ids[:, None, :, None].float() * inv_freq).float()
+        freqs = position_ids[:, None, :, None].float() * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
