@@ -60,3 +60,23 @@ def metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
 
 def losses(run_dir: str | Path) -> list[float]:
     return [r["loss"] for r in metrics(run_dir)]
+
+
+def documents_one_by_one(model, batch) -> float:
+    """Token-weighted mean loss of every document of a packed ``Batch`` (runs of equal ``doc_ids``), each run
+    alone from position 0: what document masking must reproduce."""
+    import torch.nn.functional as F
+
+    nats, count = 0.0, 0
+    for r in range(batch.input_ids.shape[0]):
+        docs = batch.doc_ids[r]
+        cuts = [0] + [i for i in range(1, len(docs)) if docs[i] != docs[i - 1]] + [len(docs)]
+        for a, e in zip(cuts, cuts[1:]):
+            x, y = batch.input_ids[r, a:e], batch.labels[r, a:e]
+            keep = y >= 0
+            if not keep.any():
+                continue
+            logits = model(x[None])[0].float()
+            nats += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
+            count += int(keep.sum())
+    return nats / count

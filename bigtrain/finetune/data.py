@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigtrain.data.batch import Batch
+from bigtrain.data.batch import IGNORE_INDEX, Batch
 from bigtrain.errors import BigtrainError
 from bigtrain.finetune.config import SFTConfig
 
-IGNORE = -100
 ROLES = ("system", "user", "assistant")
 
 
@@ -135,7 +134,7 @@ def encode_prompt(messages: list[dict[str, str]], tok, cfg: SFTConfig) -> list[i
 
 def pairs(ids: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, labels) of one example: labels[i] = ids[i+1] where that target is trainable, else -100."""
-    return ids[:-1], np.where(train[1:], ids[1:], IGNORE)
+    return ids[:-1], np.where(train[1:], ids[1:], IGNORE_INDEX)
 
 
 @dataclass
@@ -215,7 +214,7 @@ class SFTLoader:
         s = self.seq_len
         tokens = np.full(s, self.pad_id, dtype=np.int64)
         segs = np.zeros(s, dtype=np.int64)
-        labels = np.full(s, IGNORE, dtype=np.int64)
+        labels = np.full(s, IGNORE_INDEX, dtype=np.int64)
         pos = 0
         for k, i in enumerate(self.row_examples(index), 1):
             x, y = self.enc.inputs[i], self.enc.labels[i]

@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 
-from tests.helpers import TINY, bigtrain, metrics
+from tests.helpers import TINY, bigtrain, documents_one_by_one, metrics
 from tests.unit.test_data_loader import make_dataset
-from tests.unit.test_document_masking import _documents_one_by_one
 
 RTOL = 1e-5  # fp32; observed ~1e-7
 
@@ -37,7 +36,7 @@ def test_first_step_is_the_mean_over_documents(masked):
     loader = build_loader(job, 0, 1)
     gas = job.train.global_batch_size // job.train.micro_batch_size
     with torch.no_grad():  # the step's loss: the mean of its micro-batches' token-weighted means
-        want = sum(_documents_one_by_one(model, loader.next_batch()) for _ in range(gas)) / gas
+        want = sum(documents_one_by_one(model, loader.next_batch()) for _ in range(gas)) / gas
     assert abs(rows[0]["loss"] - want) <= RTOL * want, (rows[0]["loss"], want)
 
 

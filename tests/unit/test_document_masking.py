@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bigtrain.config.job import load_job_config
 from bigtrain.data.batch import IGNORE_INDEX, window_batch
@@ -16,6 +15,7 @@ from bigtrain.data.build import build_loader
 from bigtrain.data.shard_source import ShardWindowSource
 from bigtrain.data.shards import read_shard
 from bigtrain.errors import BigtrainError
+from tests.helpers import documents_one_by_one
 from tests.unit.test_data_loader import make_dataset
 
 SEQ = 48
@@ -72,23 +72,6 @@ def _model(**overrides):
     return build_model(ModelConfig(**{**cfg, **overrides}), seed=11)
 
 
-def _documents_one_by_one(model, batch) -> float:
-    """Token-weighted mean loss of every document of the batch, each run alone from position 0."""
-    nats, count = 0.0, 0
-    for r in range(batch.input_ids.shape[0]):
-        docs = batch.doc_ids[r]
-        cuts = [0] + [i for i in range(1, len(docs)) if docs[i] != docs[i - 1]] + [len(docs)]
-        for a, e in zip(cuts, cuts[1:]):
-            x, y = batch.input_ids[r, a:e], batch.labels[r, a:e]
-            keep = y >= 0
-            if not keep.any():
-                continue
-            logits = model(x[None])[0].float()
-            nats += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
-            count += int(keep.sum())
-    return nats / count
-
-
 @pytest.mark.parametrize("reset,window", [(False, None), (True, None), (True, 12)])
 def test_packed_loss_is_the_token_weighted_mean_of_its_documents(dataset, reset, window):
     model = _model(sliding_window=window)
@@ -98,7 +81,7 @@ def test_packed_loss_is_the_token_weighted_mean_of_its_documents(dataset, reset,
     assert int((batch.labels == IGNORE_INDEX).sum()) > 0  # boundaries inside the windows
     with torch.no_grad():
         packed = float(model(batch.input_ids, batch.labels, **batch.model_kwargs()))
-        alone = _documents_one_by_one(model, batch)
+        alone = documents_one_by_one(model, batch)
         unmasked = float(model(batch.input_ids, batch.labels))
     # fp32; observed |diff| ~1e-7
     assert abs(packed - alone) <= 1e-5, (packed, alone)

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
+from bigtrain.data.batch import IGNORE_INDEX
 from bigtrain.errors import BigtrainError
 from bigtrain.finetune.config import SFTConfig
-from bigtrain.finetune.data import IGNORE, SFTLoader, encode_all, encode_example, encode_prompt, read_jsonl
-from tests.unit.test_document_masking import _documents_one_by_one
+from bigtrain.finetune.data import SFTLoader, encode_all, encode_example, encode_prompt, read_jsonl
+from tests.helpers import documents_one_by_one
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_prompt_tokens_carry_no_loss(tok):
     assert ids[:len(prompt1)].tolist() == prompt1 and not train[:len(prompt1)].any()
     enc = encode_all([msgs], tok, cfg, seq_len=512, where="t")
     x, y = enc.inputs[0], enc.labels[0]
-    assert (y[~train[1:]] == IGNORE).all() and (y[train[1:]] == ids[1:][train[1:]]).all()
+    assert (y[~train[1:]] == IGNORE_INDEX).all() and (y[train[1:]] == ids[1:][train[1:]]).all()
 
     # the loss of the model equals the mean cross-entropy over response targets only
     from bigtrain.generate.inference import build_model
@@ -46,7 +47,7 @@ def test_prompt_tokens_carry_no_loss(tok):
     ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(ids[1:]), reduction="none")
     assert torch.allclose(loss, ce[torch.from_numpy(train[1:])].mean(), atol=1e-6)
     # changing a prompt target's label value cannot matter: it is masked
-    assert (yt[0, :len(prompt1) - 1] == IGNORE).all()
+    assert (yt[0, :len(prompt1) - 1] == IGNORE_INDEX).all()
 
 
 def test_packed_rows_do_not_attend_across_examples(tok):
@@ -75,7 +76,7 @@ def test_packed_rows_do_not_attend_across_examples(tok):
         # [seq, seq] segment mask this replaced gave the same; observed |diff| ~1e-7)
         y = labels[labels >= 0]
         assert y.numel() == sum(int((enc.labels[i] >= 0).sum()) for b in range(2) for i in loader.row_examples(b))
-        assert abs(float(model(inputs, labels, doc_ids=docs)) - _documents_one_by_one(model, batch)) <= 1e-5
+        assert abs(float(model(inputs, labels, doc_ids=docs)) - documents_one_by_one(model, batch)) <= 1e-5
 
 
 def test_loader_order_resume_and_dp(tok):
