@@ -127,8 +127,12 @@ class CheckpointManager:
         self.root = checkpoints_root(run_dir)
         self.keep = keep
 
-    def save(self, engine, step: int, meta: dict[str, Any], tokenizer_files: list[Path] | None = None) -> Path:
-        """Collective: every rank calls it. Returns the checkpoint directory."""
+    def save(self, engine, step: int, meta: dict[str, Any], tokenizer_files: list[Path] | None = None,
+             adapters: dict[str, Any] | None = None, frozen: bool = True) -> Path:
+        """Collective: every rank calls it. Returns the checkpoint directory.
+
+        ``frozen=False`` leaves frozen parameters out of DeepSpeed's files (a LoRA run: its base is referenced,
+        not copied); ``adapters`` (rank 0: canonical name → full fp32 tensor) go to ``adapter.safetensors``."""
         tag = tag_for(step)
         ckpt_dir = self.root / tag
         rank = dist.get_rank()
@@ -140,7 +144,8 @@ class CheckpointManager:
         if written is not None:
             written.clear()
         # DeepSpeed's own `latest` would point at the tag before bigtrain.json exists; ours moves last.
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False,
+                               exclude_frozen_parameters=not frozen)
         # Each rank hashed its own files as it wrote them (checkpoint/torch_engine.py).
         here = ckpt_dir.resolve()
         mine = {str(Path(f).resolve().relative_to(here)): info for f, info in (written or {}).items()
@@ -148,6 +153,12 @@ class CheckpointManager:
         hashed: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(hashed, mine)
         if rank == 0:
+            if adapters is not None:
+                from safetensors.torch import save_file
+
+                from bigtrain.model.lora import ADAPTER_FILE
+
+                save_file(adapters, str(ckpt_dir / ADAPTER_FILE), metadata={"format": "pt", "bigtrain": "lora"})
             if tokenizer_files:  # the files, not their directory: that may be a whole Hugging Face model's
                 (ckpt_dir / TOKENIZER_SUBDIR).mkdir(exist_ok=True)
                 for f in tokenizer_files:
@@ -171,12 +182,14 @@ class CheckpointManager:
                 shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod
-    def load(engine, ckpt_dir: Path) -> None:
+    def load(engine, ckpt_dir: Path, frozen: bool = True) -> None:
+        """``frozen=False``: the files hold the trainable parameters only (a LoRA run); the frozen ones are
+        already in place (the base weights)."""
         import pickle
 
         try:
             path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
+                                             load_lr_scheduler_states=False, load_module_strict=frozen)
         except pickle.UnpicklingError as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BigtrainError(f"{ckpt_dir}: refused to load a file that is not plain tensors and containers "

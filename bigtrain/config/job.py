@@ -12,6 +12,7 @@ from bigtrain.config.base import Config, apply_overrides, load_yaml
 from bigtrain.data.config import DataConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.model.config import ModelConfig
+from bigtrain.model.lora import LoraConfig, check_rank
 from bigtrain.parallel.config import ParallelConfig
 from bigtrain.train.config import TrainConfig
 
@@ -28,6 +29,8 @@ class JobConfig(Config):
     """Training data."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint cadence."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (lora.rank > 0): only they train, on frozen starting weights (--init)."""
     tokenizer: str | None = None
     """Tokenizer directory (from `bigtrain tokenizer train`); null for token files or synthetic data."""
 
@@ -49,6 +52,7 @@ class JobConfig(Config):
         if m.n_layers % p.pp:
             raise BigtrainError(f"parallel.pp={p.pp} does not divide model.n_layers={m.n_layers} "
                                 "into equal pipeline stages")
+        check_rank(self.lora, m)
 
     def check_world(self, world_size: int) -> int:
         """Check the layout against the number of processes; return the data-parallel degree."""

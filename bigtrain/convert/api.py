@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bigtrain.convert.checkpoint_io import (CONSOLIDATED, OPTIM_FILE, atomic_dir, check_files,
-                                            copy_tokenizer, is_consolidated, job_from_meta, layout_of,
+                                            copy_tokenizer, is_consolidated, is_lora, job_from_meta, layout_of,
                                             load_safetensors, meta_for_layout, model_config, open_checkpoint,
                                             read_weights, write_consolidated, write_meta)
 from bigtrain.errors import BigtrainError
@@ -37,6 +37,9 @@ def convert(input: str | Path, output: str | Path, tp: int | None = None, pp: in
     """Reshard (``to=None``) or consolidate (``to='consolidated'``). Returns the new bigtrain.json."""
     ckpt, meta = open_checkpoint(input)
     model_config(meta, ckpt)  # fails early, in one line, on a checkpoint without a usable model section
+    if is_lora(meta):
+        raise BigtrainError(f"{ckpt}: a LoRA checkpoint (adapters on {meta['lora_base'].get('path')}) is not resharded; "
+                            "export it with bigtrain export-hf --merge (a full model) or --adapter (PEFT)")
     src = layout_of(meta)
     if to not in (None, CONSOLIDATED):
         raise BigtrainError(f"--to {to}: expected 'consolidated' (or no --to to reshard)")

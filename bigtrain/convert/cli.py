@@ -44,6 +44,13 @@ def register(sub) -> None:
     p.add_argument("--max-shard-size", type=_positive, default=2 * 1024**3, help="bytes per safetensors shard")
     p.add_argument("--no-check", action="store_true", help="skip the transformers logits check")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    lora = p.add_mutually_exclusive_group()
+    lora.add_argument("--merge", action="store_true",
+                      help="LoRA checkpoint: write the base with the adapters merged in (checked against bigtrain's "
+                           "LoRA model)")
+    lora.add_argument("--adapter", action="store_true",
+                      help="LoRA checkpoint: write a PEFT adapter (adapter_config.json, adapter_model.safetensors) for "
+                           "the base model (checked by loading it with peft onto the base)")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser("import-hf", help="import a Hugging Face model (Llama, Mistral, Qwen2, Qwen3) as a checkpoint",
@@ -98,11 +105,21 @@ def run_export(args) -> int:
     quiet_libraries()
     from bigtrain.convert.hf import export_hf
 
+    lora_as = "merge" if args.merge else "adapter" if args.adapter else None
     rep = export_hf(args.input, args.output, dtype=args.dtype, tokenizer=args.tokenizer,
-                    max_shard_size=args.max_shard_size, check=not args.no_check, force=args.force)
+                    max_shard_size=args.max_shard_size, check=not args.no_check, force=args.force, lora_as=lora_as)
     diff = rep.get("max_logit_diff")
+    if lora_as == "adapter":
+        check = f"; peft on the base matches bigtrain's LoRA model (max |diff| {diff:.2e})" if diff is not None else ""
+        print(f"export-hf: wrote PEFT adapter {args.output} (rank {rep['rank']}, {', '.join(rep['targets'])}){check}",
+              flush=True)
+        if rep.get("peft_base_model") is None:
+            print(f"note: the base is a bigtrain checkpoint ({rep['base']['path']}); export it with bigtrain export-hf "
+                  "and set base_model_name_or_path in adapter_config.json to that directory", flush=True)
+        return 0
     check = f"; logits match transformers (max |diff| {diff:.2e})" if diff is not None else ""
-    print(f"export-hf: wrote {args.output} ({args.dtype}){check}", flush=True)
+    what = f"{args.dtype}, LoRA merged" if lora_as == "merge" else args.dtype
+    print(f"export-hf: wrote {args.output} ({what}){check}", flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model.config import ModelConfig
 from bigtrain.model.families import TIED_EMBED, TensorSpec, tensor_table
 
-__all__ = ["TIED_EMBED", "spec", "tp_split_dim", "shard", "merge", "expected_shapes", "layer_file_name",
+__all__ = ["TIED_EMBED", "spec", "tp_split_dim", "shard", "merge", "shard_row", "merge_row", "expected_shapes", "layer_file_name",
            "to_hf_names"]
 
 
@@ -33,17 +33,24 @@ def tp_split_dim(name: str, cfg: ModelConfig) -> int | None:
 
 
 def shard(full: torch.Tensor, name: str, tp: int, rank: int, cfg: ModelConfig) -> torch.Tensor:
-    dim = tp_split_dim(name, cfg)
-    if dim is None or tp == 1:
-        return full
-    return full.chunk(tp, dim=dim)[rank].contiguous()
+    return shard_row(full, spec(name, cfg), tp, rank)
 
 
 def merge(shards: list[torch.Tensor], name: str, cfg: ModelConfig) -> torch.Tensor:
-    dim = tp_split_dim(name, cfg)
-    if dim is None or len(shards) == 1:
+    return merge_row(shards, spec(name, cfg))
+
+
+def shard_row(full: torch.Tensor, row: TensorSpec, tp: int, rank: int) -> torch.Tensor:
+    """Tensor-parallel rank ``rank``'s slice of ``full`` by its table row (any table: model or adapters)."""
+    if row.tp_dim is None or tp == 1:
+        return full
+    return full.chunk(tp, dim=row.tp_dim)[rank].contiguous()
+
+
+def merge_row(shards: list[torch.Tensor], row: TensorSpec) -> torch.Tensor:
+    if row.tp_dim is None or len(shards) == 1:
         return shards[0]
-    return torch.cat(shards, dim=dim)
+    return torch.cat(shards, dim=row.tp_dim)
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

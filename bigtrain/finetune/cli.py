@@ -10,7 +10,9 @@ def register(sub) -> None:
                        "across examples (sft.pack). Config: the sections of a training recipe (parallel, train, "
                        "checkpoint; model comes from --init, only model.seq_len may change) plus sft "
                        "(see configs/sft-tiny.yaml). Same launchers, layouts, checkpoints and resume as "
-                       "`bigtrain train`: rerunning with the same --run-dir resumes.")
+                       "`bigtrain train`: rerunning with the same --run-dir resumes. lora.rank=R (with lora.alpha, "
+                       "lora.dropout, lora.targets) trains LoRA adapters on the frozen --init weights instead of "
+                       "every weight; export them with `bigtrain export-hf --merge` or `--adapter`.")
     p.add_argument("config", help="YAML recipe with an sft section, e.g. configs/sft-tiny.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sft.path=data.jsonl")
     p.add_argument("--init", required=True, metavar="CKPT_OR_HF_DIR",

@@ -50,6 +50,19 @@ def build_model(cfg: ModelConfig, weights: dict[str, torch.Tensor] | None = None
     return model.eval()
 
 
+def build_lora_model(cfg: ModelConfig, base: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], lora):
+    """A plain model of ``cfg`` with the base weights and LoRA adapters (unmerged, as training ran them)."""
+    from bigtrain.model.lora import apply_lora
+
+    model = build_model(cfg, base)
+    apply_lora(model, cfg, lora, seed=0, tp=1, tp_rank=0)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in adapters.items():
+            params[name].copy_(t)
+    return model.eval()
+
+
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     own = {k for k in model.state_dict() if not k.endswith("_extra_state")}
     missing = sorted(own - set(weights))

@@ -6,7 +6,7 @@ Both name their parameters the same way (``<layer index>.<path>``, tied layers u
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from typing import Callable
 
 import torch
@@ -68,7 +68,7 @@ def build_module(specs: list[LayerSpec], topo: Topology, loss_fn: Callable, acti
     if topo.pp == 1:
         return SequentialModel(specs, loss_fn, activation_checkpointing)
     from deepspeed.pipe import LayerSpec as DSLayerSpec
-    from deepspeed.pipe import PipelineModule, TiedLayerSpec
+    from deepspeed.pipe import TiedLayerSpec
 
     ds_specs = []
     for spec in specs:
@@ -77,8 +77,27 @@ def build_module(specs: list[LayerSpec], topo: Topology, loss_fn: Callable, acti
                                           tied_weight_attr=["weight"], **spec.kwargs))
         else:
             ds_specs.append(DSLayerSpec(spec.cls, **spec.kwargs))
-    return PipelineModule(layers=ds_specs, loss_fn=loss_fn, topology=topo.ds_topology,
-                          partition_method=partition_method,
-                          activation_checkpoint_interval=1 if activation_checkpointing else 0,
-                          activation_checkpoint_func=partial(checkpoint, use_reentrant=False),
-                          checkpointable_layers=["Block"])
+    return pipeline_module_class()(layers=ds_specs, loss_fn=loss_fn, topology=topo.ds_topology,
+                                   partition_method=partition_method,
+                                   activation_checkpoint_interval=1 if activation_checkpointing else 0,
+                                   activation_checkpoint_func=partial(checkpoint, use_reentrant=False),
+                                   checkpointable_layers=["Block"])
+
+
+@cache
+def pipeline_module_class() -> type:
+    from deepspeed import comm
+    from deepspeed.pipe import PipelineModule
+
+    class BigtrainPipelineModule(PipelineModule):
+        """DeepSpeed's PipelineModule, whose tied-weight gradient all-reduce also holds when the tied weight is
+        frozen (LoRA freezes the embedding shared by the first and last stages: it has no gradient)."""
+
+        def allreduce_tied_weight_gradients(self):
+            for key, group in self.tied_comms.items():
+                for attr_name in group["weight_attr"]:
+                    weight = self._recursive_getattr(self.tied_modules[key], attr_name)
+                    if weight.requires_grad:
+                        comm.all_reduce(weight.grad, group=group["group"])
+
+    return BigtrainPipelineModule

@@ -51,19 +51,22 @@ ZERO3_PERSISTENCE_THRESHOLD = 100_000
 this many elements stays whole on every rank (besides its partition), to spare an all-gather."""
 
 
-def stage_tensors(job: JobConfig, pp_rank: int) -> list[int]:
+def stage_tensors(job: JobConfig, pp_rank: int, adapters: bool = False) -> list[int]:
     """Element counts of the parameter tensors one rank of pipeline stage ``pp_rank`` holds (before ZeRO-3),
-    read from the family's tensor table: blocks are dealt evenly over stages, the embedding sits on the
-    first stage and the final norm and head on the last (a tied embedding on both)."""
+    read from the family's tensor table (``adapters``: the LoRA adapter table): blocks are dealt evenly over
+    stages, the embedding sits on the first stage and the final norm and head on the last (a tied embedding on
+    both)."""
     from bigtrain.model.families import tensor_table
+    from bigtrain.model.lora import adapter_table
 
     m, p = job.model, job.parallel
     per_stage = m.n_layers // p.pp
+    table = adapter_table(m, job.lora) if adapters else tensor_table(m)
 
     def stage(layer: int) -> int:
         return 0 if layer == 0 else p.pp - 1 if layer > m.n_layers else (layer - 1) // per_stage
 
-    return [row.numel // (p.tp if row.tp_dim is not None else 1) for row in tensor_table(m).values()
+    return [row.numel // (p.tp if row.tp_dim is not None else 1) for row in table.values()
             if pp_rank in {stage(i) for i in row.layers}]
 
 
@@ -106,6 +109,7 @@ def activation_bytes(job: JobConfig, pp_rank: int, micro_batches_in_flight: int)
 class StagePlan:
     pp_rank: int
     params: int  # parameters this rank holds
+    trainable: int  # of which the optimizer updates (all but a LoRA run's frozen base)
     param_bytes: int
     grad_bytes: int
     optimizer_bytes: int
@@ -135,6 +139,7 @@ class Plan:
     gpu_memory: float | None
     stages: list[StagePlan] = field(default_factory=list)
     total_params: int = 0
+    trainable_params: int = 0
     tokens_per_step: int = 0
     flops_per_token: float = 0.0
     peak_flops: float | None = None
@@ -153,10 +158,12 @@ class Plan:
         return d
 
 
-def model_state(job: JobConfig, tensors: list[int], dp: int) -> tuple[int, int, int]:
-    """(parameter, gradient, optimizer-state) bytes on one rank holding parameter tensors of these sizes."""
+def model_state(job: JobConfig, tensors: list[int], dp: int, trainable: int | None = None) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer-state) bytes on one rank holding parameter tensors of these sizes, of which
+    ``trainable`` elements (default: all) have gradients and optimizer state (a LoRA run's adapters)."""
     p, t = job.parallel, job.train
     n = sum(tensors)
+    g = n if trainable is None else trainable
     width = 2 if t.precision == "bf16" else 4
     stage = p.zero_stage_at(dp, t.precision)
     if p.pp > 1 and t.precision == "bf16" and stage == 0:
@@ -167,8 +174,8 @@ def model_state(job: JobConfig, tensors: list[int], dp: int) -> tuple[int, int, 
         params = width * (n / dp + persistent)
     else:
         params = width * n
-    grads = width * n / (dp if stage >= 2 else 1)
-    optim = k * n / (dp if stage >= 1 else 1)
+    grads = width * g / (dp if stage >= 2 else 1)
+    optim = k * g / (dp if stage >= 1 else 1)
     return round(params), round(grads), round(optim)
 
 
@@ -184,12 +191,26 @@ def make_plan(job: JobConfig, nodes: int = 1, gpus_per_node: int = 8, gpu: str =
                 gpu_memory=_lookup(GPU_MEMORY, gpu), total_params=m.num_params(),
                 tokens_per_step=t.global_batch_size * m.seq_len, flops_per_token=flops_per_token(m),
                 peak_flops=peak_flops(gpu) or _lookup(PEAK_BF16_FLOPS, gpu), efficiency=efficiency)
+    lora = job.lora
     for r in range(p.pp):
-        tensors = stage_tensors(job, r)
+        adapters = stage_tensors(job, r, adapters=True)
+        tensors = stage_tensors(job, r) + adapters
         n = sum(tensors)
-        pb, gb, ob = model_state(job, tensors, dp)
+        trainable = sum(adapters) if lora.enabled else n
+        pb, gb, ob = model_state(job, tensors, dp, trainable)
         in_flight = min(p.pp - r, gas) if p.pp > 1 else 1
-        plan.stages.append(StagePlan(r, n, pb, gb, ob, activation_bytes(job, r, in_flight)))
+        plan.stages.append(StagePlan(r, n, trainable, pb, gb, ob, activation_bytes(job, r, in_flight)))
+    if lora.enabled:
+        from bigtrain.model.lora import adapter_params
+
+        plan.trainable_params = adapter_params(m, lora)
+        plan.total_params += plan.trainable_params
+        plan.notes.append(f"LoRA rank {lora.rank} on {', '.join(lora.short_targets())}: "
+                          f"{plan.trainable_params / 1e6:,.2f}M trainable parameters "
+                          f"({plan.trainable_params / plan.total_params:.2%}); gradients and optimizer state for "
+                          "them only; step time counts the frozen base's skipped weight gradients (4/6 of the work)")
+    else:
+        plan.trainable_params = plan.total_params
     if p.pp > 1:
         plan.bubble = (p.pp - 1) / (gas + p.pp - 1)
     if plan.peak_flops:
@@ -197,7 +218,10 @@ def make_plan(job: JobConfig, nodes: int = 1, gpus_per_node: int = 8, gpu: str =
         # forward pass (8/6 of the work) and the pipeline bubble idles (pp - 1)/(gas + pp - 1) of the time.
         work = plan.flops_per_token * plan.tokens_per_step
         recompute = 8 / 6 if t.activation_checkpointing else 1.0
-        plan.step_time_s = work * recompute / (world * plan.peak_flops * efficiency) / (1 - plan.bubble)
+        # Frozen weights need no weight gradient: of forward (2), input gradient (2) and weight gradient (2)
+        # FLOPs per parameter and token, a LoRA step does the first two (the adapters' own are negligible).
+        frozen = 4 / 6 if lora.enabled else 1.0
+        plan.step_time_s = work * (recompute + frozen - 1) / (world * plan.peak_flops * efficiency) / (1 - plan.bubble)
         plan.tokens_per_s = plan.tokens_per_step / plan.step_time_s
         plan.mfu = plan.tokens_per_s * plan.flops_per_token / (world * plan.peak_flops)
     else:
@@ -229,8 +253,8 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
     lines = [(f"plan {config_name}: {plan.nodes} node(s) × {plan.gpus_per_node} {plan.gpu} = {plan.world_size} "
               f"ranks; tp={plan.tp} pp={plan.pp} dp={plan.dp}; ZeRO-{plan.zero_stage}; {plan.precision}; "
               f"{plan.gas} micro-batch(es) per step per rank"),
-             (f"model: {plan.total_params / 1e6:,.1f}M parameters, {plan.flops_per_token / 1e9:.2f} GFLOP/token, "
-              f"{plan.tokens_per_step:,} tokens/step"),
+             (f"model: {plan.total_params / 1e6:,.1f}M parameters ({plan.trainable_params / 1e6:,.2f}M trainable), "
+              f"{plan.flops_per_token / 1e9:.2f} GFLOP/token, {plan.tokens_per_step:,} tokens/step"),
              "",
              (f"per-rank memory (GiB)  {'params':>9} {'grads':>9} {'optimizer':>9} {'states':>9} "
               f"{'activations':>11} {'total':>9}   parameters held")]

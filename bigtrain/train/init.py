@@ -48,26 +48,57 @@ def read_init_weights(init: Path, kind: str, cfg) -> dict:
     return weights
 
 
-def make_init_fn(init: Path, kind: str, cfg) -> Callable:
-    """``init_fn(module, topo)`` for build_engine: this rank's slice of every full weight."""
+class InitWeights:
+    """``init(module, topo)`` for build_engine: sets this rank's slice of every full weight of the starting
+    checkpoint or Hugging Face directory ``path``."""
 
-    def init_fn(module, topo) -> None:
+    def __init__(self, path: Path, kind: str, cfg):
+        self.path, self.kind, self.cfg = Path(path), kind, cfg
+
+    def __call__(self, module, topo) -> None:
         import torch
 
         from bigtrain.convert import layout as L
 
-        weights = read_init_weights(init, kind, cfg)
+        weights = read_init_weights(self.path, self.kind, self.cfg)
         with torch.no_grad():
             for name, p in module.named_parameters():
                 if name not in weights:
-                    raise BigtrainError(f"--init {init}: tensor {name} is missing")
-                local = L.shard(weights[name], name, topo.tp, topo.tp_rank, cfg)
+                    raise BigtrainError(f"--init {self.path}: tensor {name} is missing")
+                local = L.shard(weights[name], name, topo.tp, topo.tp_rank, self.cfg)
                 if tuple(local.shape) != tuple(p.shape):
-                    raise BigtrainError(f"--init {init}: tensor {name} has shape {tuple(local.shape)} here, the "
-                                        f"model expects {tuple(p.shape)}")
+                    raise BigtrainError(f"--init {self.path}: tensor {name} has shape {tuple(local.shape)} here, "
+                                        f"the model expects {tuple(p.shape)}")
                 p.data.copy_(local.to(p.dtype))
 
-    return init_fn
+    def reference(self) -> dict[str, Any]:
+        """What a LoRA checkpoint records of its base: path, kind and a checksum of the weights' files."""
+        return {"path": str(self.path.resolve()), "kind": self.kind, "sha256": weights_digest(self.path, self.kind)}
+
+
+def weights_digest(path: Path, kind: str) -> str:
+    """sha256 over the weight files of a Hugging Face directory (their contents), or over a bigtrain
+    checkpoint's bigtrain.json once every file it lists has been verified against its own sha256."""
+    import hashlib
+
+    from bigtrain.io import sha256_file
+
+    h = hashlib.sha256()
+    if kind == "hf":
+        files = sorted(f for f in path.iterdir() if f.is_file() and (f.suffix == ".safetensors" or f.name.endswith(
+            ".safetensors.index.json") or f.name == "pytorch_model.bin" or f.name == "config.json"))
+        for f in files:
+            h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    from bigtrain.checkpoint.manager import META_FILE, verify_checkpoint
+    from bigtrain.convert.checkpoint_io import open_checkpoint
+
+    ckpt, _ = open_checkpoint(path)
+    reason = verify_checkpoint(ckpt)
+    if reason is not None:
+        raise BigtrainError(f"--init {path}: the base checkpoint does not verify: {reason}")
+    h.update((ckpt / META_FILE).read_bytes())
+    return h.hexdigest()
 
 
 def init_tokenizer_dir(init: Path, kind: str, cfg, run_dir: Path) -> Path | None:
@@ -119,4 +150,4 @@ def apply_init(base: dict[str, Any], init: Path, run_dir: Path) -> tuple[dict[st
     if not base.get("tokenizer"):
         tok_dir = init_tokenizer_dir(init, kind, cfg, run_dir)
         base["tokenizer"] = str(tok_dir) if tok_dir is not None else None
-    return base, make_init_fn(init, kind, cfg)
+    return base, InitWeights(init, kind, cfg)

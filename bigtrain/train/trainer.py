@@ -141,6 +141,10 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
     module = build_module(specs, topo, loss_fn, job.train.activation_checkpointing, job.parallel.partition_method)
     if init_fn is not None:
         init_fn(module, topo)
+    if job.lora.enabled:  # after the base weights are set: apply_lora freezes them
+        from bigtrain.model.lora import apply_lora
+
+        apply_lora(module, job.model, job.lora, job.train.seed, topo.tp, topo.tp_rank)
     if job.train.compile:
         from bigtrain.train.module import compile_blocks
 
@@ -186,9 +190,18 @@ class Trainer:
     def setup(self) -> None:
         job = self.job
         self.tokenizer = resolve_tokenizer(job)
+        lora = job.lora.enabled
+        if lora and not hasattr(self.init_fn, "reference"):
+            raise BigtrainError(f"lora.rank={job.lora.rank} trains adapters on fixed starting weights: give them "
+                                "with --init CKPT_OR_HF_DIR")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         built = build_engine(job, self.init_fn)
         self.engine, self.topo, self.info, self.loss_fn = built.engine, built.topo, built.info, built.loss_fn
+        self.lora_base = None  # a LoRA run's base weights: {path, kind, sha256}, checked on resume and export
+        if lora:
+            ref = [self.init_fn.reference() if self.info.rank == 0 else None]
+            dist.broadcast_object_list(ref, src=0)
+            self.lora_base = ref[0]
         from bigtrain.train.module import train_module
 
         t, dp = job.train, self.topo.dp
@@ -234,7 +247,8 @@ class Trainer:
             raise BigtrainError(f"{ckpt}: the checkpoint's model config differs from this run's; "
                                 "use a new --run-dir or the checkpoint's config")
         self._check_layout(ckpt, meta.get("layout") or {})
-        CheckpointManager.load(self.engine, ckpt)
+        self._check_lora(ckpt, meta)
+        CheckpointManager.load(self.engine, ckpt, frozen=self.lora_base is None)
         self.loader.load_state_dict(meta["loader"])
         self.start_step = self.step = int(meta["step"])
         self.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -242,6 +256,21 @@ class Trainer:
             # A preemption warning (SLURM's --signal=USR1@N) must leave time for a step and a save.
             took = f"; its save took {meta['save_seconds']:.1f} s" if "save_seconds" in meta else ""
             print(f"resumed from {ckpt} at step {self.step}{took}", flush=True)
+
+    def _check_lora(self, ckpt: Path, meta: dict[str, Any]) -> None:
+        """Adapters resume only on the base they were trained on, with the same adapter settings."""
+        from bigtrain.model.lora import LoraConfig
+
+        saved = LoraConfig.from_dict(meta["config"].get("lora") or {}, prefix="lora.")
+        if saved.to_dict() != self.job.lora.to_dict():
+            raise BigtrainError(f"{ckpt}: saved with lora {saved.to_dict()}, this run has lora "
+                                f"{self.job.lora.to_dict()}; use a new --run-dir or the checkpoint's settings")
+        base = meta.get("lora_base")
+        if self.lora_base is not None and (not base or base.get("sha256") != self.lora_base["sha256"]):
+            was = f"{base.get('path')} (sha256 {str(base.get('sha256'))[:16]}…)" if base else "unknown weights"
+            raise BigtrainError(f"{ckpt}: these adapters were trained on base {was}, but --init "
+                                f"{self.lora_base['path']} has sha256 {self.lora_base['sha256'][:16]}…; resume with "
+                                "the base the run started from")
 
     def _check_layout(self, ckpt: Path, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose files this engine cannot load; DeepSpeed would fail deep
@@ -290,7 +319,8 @@ class Trainer:
                 "tokenizer_eos": self.tokenizer.id_to_piece(self.tokenizer.eos_id)
                 if self.tokenizer and self.tokenizer.eos_id >= 0 else None,
                 "skipped_steps": self.skipped_steps,
-                "layout": self.layout()}
+                "layout": self.layout(),
+                **({"lora_base": self.lora_base} if self.lora_base is not None else {})}
 
     def layout(self) -> dict[str, int]:
         """What a checkpoint's files depend on: the stage DeepSpeed ran, not the one configured."""
@@ -298,8 +328,14 @@ class Trainer:
                 "zero_stage": self.job.parallel.zero_stage_at(self.topo.dp, self.job.train.precision)}
 
     def save(self) -> Path:
+        adapters = None
+        if self.lora_base is not None:
+            from bigtrain.model.lora import gather_adapters
+
+            adapters = gather_adapters(self.engine.module, self.job.model, self.job.lora, self.topo.tp_rank)
         ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),
-                                     tokenizer_files=self.tokenizer.carried_files() if self.tokenizer else None)
+                                     tokenizer_files=self.tokenizer.carried_files() if self.tokenizer else None,
+                                     adapters=adapters, frozen=self.lora_base is None)
         if self.info.rank == 0:
             print(f"saved checkpoint {ckpt}", flush=True)
         for cb in self.callbacks:

@@ -57,6 +57,8 @@ BAD_CONFIGS = [
     (["train.compile=true", "train.activation_checkpointing=true", "parallel.tp=2"],
      "train.compile=true with train.activation_checkpointing=true needs parallel.tp=1"),
     (["data.reset_position_ids=true"], "data.reset_position_ids=true needs data.document_masking=true"),
+    (["lora.rank=4", "lora.dropout=1.5"], "lora.dropout=1.5 must be in [0, 1)"),
+    (["lora.rank=4"], "lora.rank=4 trains adapters on fixed starting weights: give them with --init"),
 ]
 
 

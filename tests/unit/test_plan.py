@@ -86,3 +86,24 @@ def test_bucket_elements_sets_deepspeeds_buckets():
                     "stage3_prefetch_bucket_size": 1000}
     with pytest.raises(BigtrainError, match=r"parallel.bucket_elements=-1 must be 0"):
         load_job_config(f"{CFG}/tiny-cpu.yaml", ["parallel.bucket_elements=-1"])
+
+
+def test_lora_plan_counts_adapters_alone_as_trainable():
+    # 7b recipe (tp=4, dp=2 on 8 GPUs, ZeRO-1, bf16): rank 16 on every projection adds r·(in + out) per projection
+    job = load_job_config(REPO / "configs" / "7b.yaml", ["lora.rank=16", "lora.targets=[q,k,v,o,gate,up,down]"])
+    m, r = job.model, 16
+    q, kv, d, f = m.n_heads * m.head_size, m.kv_heads * m.head_size, m.d_model, m.ffn_size
+    per_layer = r * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))
+    full = make_plan(load_job_config(REPO / "configs" / "7b.yaml"), nodes=1, gpus_per_node=8)
+    lora = make_plan(job, nodes=1, gpus_per_node=8)
+    assert lora.trainable_params == m.n_layers * per_layer
+    assert lora.total_params == full.total_params + lora.trainable_params
+    s, fs = lora.stages[0], full.stages[0]
+    # one factor is split over TP, the other replicated: column-parallel r·(in + out/tp), row-parallel r·(in/tp + out)
+    tp = job.parallel.tp
+    assert s.trainable == m.n_layers * r * ((d + q // tp) + 2 * (d + kv // tp) + (q // tp + d) + 2 * (d + f // tp)
+                                            + (f // tp + d))
+    assert s.optimizer_bytes == round(12 * s.trainable / lora.dp)  # fp32 master + Adam moments, ZeRO-1 over DP
+    assert s.grad_bytes == 2 * s.trainable  # bf16 gradients of the adapters only
+    assert s.param_bytes == 2 * s.params and s.params == fs.params + s.trainable
+    assert lora.step_time_s < full.step_time_s
