@@ -128,10 +128,10 @@ class CheckpointManager:
         self.keep = keep
 
     def save(self, engine, step: int, meta: dict[str, Any], tokenizer_files: list[Path] | None = None,
-             adapters: dict[str, Any] | None = None, frozen: bool = True) -> Path:
+             adapters: dict[str, Any] | None = None, include_frozen: bool = True) -> Path:
         """Collective: every rank calls it. Returns the checkpoint directory.
 
-        ``frozen=False`` leaves frozen parameters out of DeepSpeed's files (a LoRA run: its base is referenced,
+        ``include_frozen=False`` leaves frozen parameters out of DeepSpeed's files (a LoRA run: its base is referenced,
         not copied); ``adapters`` (rank 0: canonical name → full fp32 tensor) go to ``adapter.safetensors``."""
         tag = tag_for(step)
         ckpt_dir = self.root / tag
@@ -145,7 +145,7 @@ class CheckpointManager:
             written.clear()
         # DeepSpeed's own `latest` would point at the tag before bigtrain.json exists; ours moves last.
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False,
-                               exclude_frozen_parameters=not frozen)
+                               exclude_frozen_parameters=not include_frozen)
         # Each rank hashed its own files as it wrote them (checkpoint/torch_engine.py).
         here = ckpt_dir.resolve()
         mine = {str(Path(f).resolve().relative_to(here)): info for f, info in (written or {}).items()
@@ -182,14 +182,14 @@ class CheckpointManager:
                 shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod
-    def load(engine, ckpt_dir: Path, frozen: bool = True) -> None:
-        """``frozen=False``: the files hold the trainable parameters only (a LoRA run); the frozen ones are
+    def load(engine, ckpt_dir: Path, include_frozen: bool = True) -> None:
+        """``include_frozen=False``: the files hold the trainable parameters only (a LoRA run); the frozen ones are
         already in place (the base weights)."""
         import pickle
 
         try:
             path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False, load_module_strict=frozen)
+                                             load_lr_scheduler_states=False, load_module_strict=include_frozen)
         except pickle.UnpicklingError as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BigtrainError(f"{ckpt_dir}: refused to load a file that is not plain tensors and containers "

@@ -181,42 +181,13 @@ def is_lora(meta: dict[str, Any]) -> bool:
     return bool(meta.get("lora_base"))
 
 
-def read_lora(ckpt: Path, meta: dict[str, Any]):
-    """(base weights, full fp32 adapters, LoraConfig) of a LoRA checkpoint, its base checked against the
-    checksum the run recorded."""
-    from bigtrain.model.lora import ADAPTER_FILE, LoraConfig, adapter_table
-    from bigtrain.train.init import read_init_weights, weights_digest
-
-    cfg = model_config(meta, ckpt)
-    lora = LoraConfig.from_dict(meta["config"].get("lora") or {}, prefix="lora.")
-    base = meta["lora_base"]
-    path = Path(base["path"])
-    if not path.exists():
-        raise BigtrainError(f"{ckpt}: the LoRA base {path} is gone (the adapters need the weights they were "
-                            "trained on)")
-    digest = weights_digest(path, base["kind"])
-    if digest != base["sha256"]:
-        raise BigtrainError(f"{ckpt}: the LoRA base {path} has changed since training (sha256 {digest[:16]}…, "
-                            f"recorded {str(base['sha256'])[:16]}…)")
-    if not (ckpt / ADAPTER_FILE).is_file():
-        raise BigtrainError(f"{ckpt}: {ADAPTER_FILE} is missing (LoRA checkpoint)")
-    adapters = load_safetensors(ckpt / ADAPTER_FILE)
-    want = {name: row.shape for name, row in adapter_table(cfg, lora).items()}
-    if set(adapters) != set(want) or any(tuple(adapters[k].shape) != v for k, v in want.items()):
-        raise BigtrainError(f"{ckpt / ADAPTER_FILE}: its tensors do not match lora {lora.to_dict()}")
-    return read_init_weights(path, base["kind"], cfg), adapters, lora
-
-
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-    """(canonical fp32 weights, bigtrain.json, checkpoint dir) for a checkpoint of any layout; for a LoRA
-    checkpoint, its base with the adapters merged in."""
+    """(canonical fp32 weights, bigtrain.json, checkpoint dir) for a checkpoint of any layout (a LoRA checkpoint
+    holds adapters only: ``bigtrain.convert.weights_io.read_merged_weights`` adds its base)."""
     ckpt, meta = open_checkpoint(path)
     cfg = model_config(meta, ckpt)
     if is_lora(meta):
-        from bigtrain.model.lora import merge_adapters
-
-        base, adapters, lora = read_lora(ckpt, meta)
-        return merge_adapters(base, adapters, lora), meta, ckpt
+        raise BigtrainError(f"{ckpt}: a LoRA checkpoint holds adapters only, not a model's weights")
     if is_consolidated(meta):
         check_files(ckpt, meta, cfg)
         weights = load_safetensors(ckpt / MODEL_FILE)

@@ -103,7 +103,7 @@ def run_convert(args) -> int:
 
 def run_export(args) -> int:
     quiet_libraries()
-    from bigtrain.convert.hf import export_hf
+    from bigtrain.convert.export import export_hf
 
     lora_as = "merge" if args.merge else "adapter" if args.adapter else None
     rep = export_hf(args.input, args.output, dtype=args.dtype, tokenizer=args.tokenizer,

@@ -15,8 +15,8 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model.config import ModelConfig
 from bigtrain.model.families import TIED_EMBED, TensorSpec, tensor_table
 
-__all__ = ["TIED_EMBED", "spec", "tp_split_dim", "shard", "merge", "shard_row", "merge_row", "expected_shapes", "layer_file_name",
-           "to_hf_names"]
+__all__ = ["TIED_EMBED", "spec", "tp_split_dim", "shard", "merge", "shard_row", "merge_row", "expected_shapes",
+           "layer_file_name", "to_hf_names"]
 
 
 def spec(name: str, cfg: ModelConfig) -> TensorSpec:

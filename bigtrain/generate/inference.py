@@ -83,10 +83,12 @@ def load_tokenizer_from_checkpoint(ckpt: Path, meta: dict[str, Any]):
 
 
 def load_model_for_inference(ckpt: str | os.PathLike):
-    """(model, tokenizer or None, JobConfig) from a run dir or checkpoint dir of any layout (or consolidated)."""
-    from bigtrain.convert.checkpoint_io import job_from_meta, model_config, read_weights
+    """(model, tokenizer or None, JobConfig) from a run dir or checkpoint dir of any layout (or consolidated; a LoRA
+    checkpoint: its adapters merged into its base)."""
+    from bigtrain.convert.checkpoint_io import job_from_meta, model_config
+    from bigtrain.convert.weights_io import read_merged_weights
 
-    weights, meta, path = read_weights(ckpt)
+    weights, meta, path = read_merged_weights(ckpt)
     cfg = model_config(meta, path)
     job = job_from_meta(meta, path, tp=1, pp=1, zero_stage=0)
     model = build_model(cfg, weights)

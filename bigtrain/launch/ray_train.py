@@ -134,8 +134,13 @@ def _worker(cfg: dict[str, Any]) -> None:
 
     job = load_job_config(cfg["config"], cfg["overrides"])
     run_dir = Path(cfg["run_dir"])
+    init_fn = None
+    if job.lora.enabled:  # a LoRA run resumes on the base its checkpoint records (checked by the driver first)
+        from bigtrain.train.init import recorded_lora_base
+
+        init_fn = recorded_lora_base(run_dir, job.model)
     trainer = Trainer(job, run_dir, callbacks=[ReportCheckpoints(), FaultInjection(run_dir)],
-                      stop_file=run_dir / STOP_FILE)
+                      stop_file=run_dir / STOP_FILE, init_fn=init_fn)
     trainer.setup()
     _record_placement(run_dir, trainer.info.rank, trainer.info.world_size)
     # No close() on an error: its barrier would wait for ranks still inside a collective, and the
@@ -153,6 +158,14 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
     config_path = Path(config).resolve()
     job = load_job_config(config_path, overrides)  # bad configs fail here, before any worker starts
     job.check_world(num_workers)
+    if job.lora.enabled:
+        from bigtrain.checkpoint.manager import latest_checkpoint, read_meta
+
+        found = latest_checkpoint(run_dir)
+        if found is None or not read_meta(found).get("lora_base"):
+            raise BigtrainError(f"lora.rank={job.lora.rank}: ray-train takes no --init, so a LoRA run starts under "
+                                "torchrun, the deepspeed launcher or SLURM (bigtrain finetune / train --init); "
+                                "ray-train resumes it from its checkpoint")
     run_dir_path = Path(run_dir).resolve()
     run_dir_path.mkdir(parents=True, exist_ok=True)
 

@@ -164,26 +164,39 @@ def initial_adapter(row: "TensorSpec", seed: int) -> "torch.Tensor":
 
 
 class _Adapter:
-    """The forward hook that adds the low-rank update to a megatron-core parallel linear's output."""
+    """The forward hook that adds the low-rank update to a megatron-core parallel linear's output. The factors are
+    ``nn.Linear`` submodules called here, so ZeRO-3 gathers their partitioned weights as for any module."""
 
-    def __init__(self, scale: float, dropout: float, row_parallel: bool):
+    def __init__(self, scale: float, dropout: float, row_parallel: bool, tp: int, tp_rank: int):
         self.scale = scale
         self.dropout = dropout
         self.row_parallel = row_parallel
+        self.tp, self.tp_rank = tp, tp_rank
+
+    def _drop(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        # One mask over the full input, drawn alike on every tensor-parallel rank (their generators move in step)
+        # and sliced for a row-parallel rank's columns: the mask one process would draw, never one pattern
+        # repeated over the slices.
+        full = x.shape[-1] * (self.tp if self.row_parallel else 1)
+        keep = torch.empty(*x.shape[:-1], full, device=x.device).bernoulli_(1 - self.dropout)
+        if self.row_parallel and self.tp > 1:
+            keep = keep.chunk(self.tp, dim=-1)[self.tp_rank]
+        return x * keep.to(x.dtype) / (1 - self.dropout)
 
     def __call__(self, linear, inputs: tuple[Any, ...], output):
-        import torch.nn.functional as F
         from megatron.core import tensor_parallel
 
         x = inputs[0]
-        if self.dropout:
-            x = F.dropout(x, self.dropout, linear.training)
-        a = F.linear(x.to(linear.lora_A.weight.dtype), linear.lora_A.weight)
+        if self.dropout and linear.training:
+            x = self._drop(x)
+        a = linear.lora_A(x.to(linear.lora_A.weight.dtype))
         if self.row_parallel:
             a = tensor_parallel.reduce_from_tensor_model_parallel_region(a)
         else:
             a = tensor_parallel.copy_to_tensor_model_parallel_region(a)
-        delta = F.linear(a, linear.lora_B.weight) * self.scale
+        delta = linear.lora_B(a) * self.scale
         out, bias = output
         return out + delta.to(out.dtype), bias
 
@@ -207,18 +220,17 @@ def apply_lora(module, cfg: "ModelConfig", lora: LoraConfig, seed: int, tp: int,
         b_row = table[f"{name}.lora_B.weight"]
         dtype = linear.weight.dtype
         for attr, row in (("lora_A", a_row), ("lora_B", b_row)):
-            full = initial_adapter(row, seed)
-            local = L.shard_row(full, row, tp, tp_rank)
-            param = nn.Parameter(local.to(dtype).contiguous())
+            local = L.shard_row(initial_adapter(row, seed), row, tp, tp_rank)
+            # made on the meta device: nn.Linear's own initialisation would draw from the default generator by the
+            # local (layout-dependent) shape, and adapter dropout's masks come from that generator
+            factor = nn.Linear(local.shape[1], local.shape[0], bias=False, device="meta")
+            factor.weight = nn.Parameter(local.to(dtype).contiguous())
             if row.tp_dim is not None and tp > 1:
-                set_tensor_model_parallel_attributes(param, True, row.tp_dim, 1)
-            factor = nn.Module()  # a submodule holding `weight`: the parameter is named <projection>.lora_A.weight
-            factor.register_parameter("weight", param)
-            linear.add_module(attr, factor)
+                set_tensor_model_parallel_attributes(factor.weight, True, row.tp_dim, 1)
+            linear.add_module(attr, factor)  # the parameter is named <projection>.lora_A.weight (PEFT's name)
             added.append(row.name)
-        linear.register_forward_hook(_Adapter(lora.scale, lora.dropout, row_parallel=a_row.tp_dim is not None))
-    if not added:
-        raise BigtrainError(f"lora.targets={lora.targets}: no such projection in this model")
+        linear.register_forward_hook(_Adapter(lora.scale, lora.dropout, a_row.tp_dim is not None, tp, tp_rank))
+    # A stage may hold no targeted projection (no blocks): config validation already refused unknown targets.
     return added
 
 
@@ -235,11 +247,13 @@ def merge_adapters(base: dict[str, "torch.Tensor"], adapters: dict[str, "torch.T
     return merged
 
 
-def gather_adapters(module, cfg: "ModelConfig", lora: LoraConfig, tp_rank: int) -> dict[str, "torch.Tensor"] | None:
+def gather_adapters(module, cfg: "ModelConfig", lora: LoraConfig, tp_rank: int, dp_rank: int
+                    ) -> dict[str, "torch.Tensor"] | None:
     """The full fp32 adapters under canonical names on global rank 0 (None elsewhere). Collective.
 
     Each rank reads its slices' fp32 master values (DeepSpeed's optimizer copy under ZeRO or bf16, gathered over
-    data parallelism; the parameter itself otherwise); rank 0 joins the tensor-parallel slices by the table."""
+    data parallelism; the parameter itself otherwise); the first data-parallel replica's ranks send theirs to
+    rank 0, which joins the tensor-parallel slices by the table."""
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_fp32_param
 
@@ -253,9 +267,10 @@ def gather_adapters(module, cfg: "ModelConfig", lora: LoraConfig, tp_rank: int) 
         # Under ZeRO-1/2 at DP > 1 a parameter outside this rank's partition has ``_hp_mapping = None``: the get
         # is still a collective over DP, so every rank calls it.
         full = safe_get_full_fp32_param(p) if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") else p
-        mine[name] = full.detach().float().cpu().clone()
-    every: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(every, (tp_rank, mine))
+        if dp_rank == 0:
+            mine[name] = full.detach().float().cpu().clone()
+    every: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object((tp_rank, mine), every, dst=0)
     if dist.get_rank() != 0:
         return None
     parts: dict[str, dict[int, "torch.Tensor"]] = {}

@@ -20,6 +20,9 @@ class ParallelConfig(Config):
     bucket_elements: int = 0
     """Elements per ZeRO communication bucket (gradient reduce, parameter all-gather, ZeRO-3 prefetch);
     each costs that many elements of memory per rank. 0: DeepSpeed's defaults (5e8 reduce/all-gather)."""
+    zero3_persistence_elements: int = 100_000
+    """ZeRO-3: parameter tensors of at most this many elements stay whole on every rank rather than partitioned
+    (DeepSpeed's stage3_param_persistence_threshold, default 1e5: the norms at scale); 0 partitions every tensor."""
     partition_method: str = "type:Block"
     """How DeepSpeed assigns layers to pipeline stages: type:Block (equal blocks per stage), uniform or parameters."""
 
@@ -30,6 +33,8 @@ class ParallelConfig(Config):
             raise BigtrainError(f"{prefix}pp={self.pp} must be at least 1")
         if self.zero_stage not in (0, 1, 2, 3):
             raise BigtrainError(f"{prefix}zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        if self.zero3_persistence_elements < 0:
+            raise BigtrainError(f"{prefix}zero3_persistence_elements={self.zero3_persistence_elements} must be >= 0")
         if self.bucket_elements < 0:
             raise BigtrainError(f"{prefix}bucket_elements={self.bucket_elements} must be 0 (DeepSpeed's default) "
                                 "or a positive number of elements")

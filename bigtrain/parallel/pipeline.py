@@ -86,18 +86,14 @@ def build_module(specs: list[LayerSpec], topo: Topology, loss_fn: Callable, acti
 
 @cache
 def pipeline_module_class() -> type:
-    from deepspeed import comm
     from deepspeed.pipe import PipelineModule
 
     class BigtrainPipelineModule(PipelineModule):
-        """DeepSpeed's PipelineModule, whose tied-weight gradient all-reduce also holds when the tied weight is
-        frozen (LoRA freezes the embedding shared by the first and last stages: it has no gradient)."""
+        """DeepSpeed's PipelineModule without frozen tied weights in the tied-gradient all-reduce: LoRA freezes
+        the embedding shared by the first and last stages, which then has no gradient (DeepSpeed's bf16 path
+        would read a ``_hp_grad`` it never made)."""
 
-        def allreduce_tied_weight_gradients(self):
-            for key, group in self.tied_comms.items():
-                for attr_name in group["weight_attr"]:
-                    weight = self._recursive_getattr(self.tied_modules[key], attr_name)
-                    if weight.requires_grad:
-                        comm.all_reduce(weight.grad, group=group["group"])
+        def get_tied_weights_and_groups(self):
+            return [(w, g) for w, g in super().get_tied_weights_and_groups() if w.requires_grad]
 
     return BigtrainPipelineModule

@@ -4,7 +4,8 @@ Model state follows the ZeRO paper (Rajbhandari et al., 2020, §3 and Fig. 1) wi
 really allocates in bigtrain's set-up (checked on CPU by tests/distributed/test_plan_memory.py):
 
 * parameters: ``p`` bytes each (bf16: 2, fp32: 4); ZeRO-3 keeps 1/DP of them, plus whole copies of
-  the tensors of at most 100k elements (DeepSpeed's default persistence threshold; only norms at scale);
+  the tensors of at most ``parallel.zero3_persistence_elements`` elements (DeepSpeed's persistence threshold,
+  100k by default: only norms at scale);
 * gradients: ``p`` bytes each; ZeRO-2/3 keep 1/DP;
 * optimizer state: ``K`` bytes per parameter, 1/DP of them under ZeRO ≥ 1. ``K`` = 12 (fp32 master
   copy, Adam's m and v) in every case but fp32 without ZeRO, where the parameters are their own
@@ -44,11 +45,6 @@ def _lookup(table: dict[str, float], name: str) -> float | None:
         if key.lower() in name.lower():
             return table[key]
     return None
-
-
-ZERO3_PERSISTENCE_THRESHOLD = 100_000
-"""DeepSpeed's default ``stage3_param_persistence_threshold``: under ZeRO-3 a parameter tensor of at most
-this many elements stays whole on every rank (besides its partition), to spare an all-gather."""
 
 
 def stage_tensors(job: JobConfig, pp_rank: int, adapters: bool = False) -> list[int]:
@@ -170,7 +166,7 @@ def model_state(job: JobConfig, tensors: list[int], dp: int, trainable: int | No
         stage = 1  # DeepSpeed's BF16 optimizer partitions the master copy and moments over DP
     k = 8 if (t.precision == "fp32" and stage == 0) else 12
     if stage >= 3:
-        persistent = sum(x for x in tensors if x <= ZERO3_PERSISTENCE_THRESHOLD) if dp > 1 else 0
+        persistent = sum(x for x in tensors if x <= p.zero3_persistence_elements) if dp > 1 else 0
         params = width * (n / dp + persistent)
     else:
         params = width * n

@@ -43,13 +43,12 @@ def resolve_job(args):
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise BigtrainError(f"--resume {run_dir}: no complete checkpoint under {run_dir}/checkpoints")
-        meta = read_meta(ckpt)
-        job = load_job_config(config, overrides, base=None if config else meta["config"])
+        job = load_job_config(config, overrides, base=None if config else read_meta(ckpt)["config"])
         init_fn = None
-        if job.lora.enabled and meta.get("lora_base"):  # adapters resume on the base they recorded (checked)
-            from bigtrain.train.init import InitWeights
+        if job.lora.enabled:
+            from bigtrain.train.init import recorded_lora_base
 
-            init_fn = InitWeights(Path(meta["lora_base"]["path"]), meta["lora_base"]["kind"], job.model)
+            init_fn = recorded_lora_base(run_dir, job.model)
     else:
         if not config:
             raise BigtrainError("a config file is required (e.g. bigtrain train configs/tiny-cpu.yaml --run-dir runs/tiny)")

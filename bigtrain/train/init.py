@@ -37,30 +37,25 @@ def init_model_config(init: Path):
     return model_config(meta, ckpt), "bigtrain"
 
 
-def read_init_weights(init: Path, kind: str, cfg) -> dict:
-    if kind == "hf":
-        from bigtrain.convert.hf import hf_to_canonical, read_hf_weights
-
-        return hf_to_canonical(read_hf_weights(init), cfg, str(init))
-    from bigtrain.convert.checkpoint_io import read_weights
-
-    weights, _, _ = read_weights(init)
-    return weights
-
-
 class InitWeights:
     """``init(module, topo)`` for build_engine: sets this rank's slice of every full weight of the starting
     checkpoint or Hugging Face directory ``path``."""
 
     def __init__(self, path: Path, kind: str, cfg):
-        self.path, self.kind, self.cfg = Path(path), kind, cfg
+        path = Path(path).resolve()
+        if kind == "bigtrain":  # a run directory means its newest checkpoint now, not whatever is newest later
+            from bigtrain.checkpoint.manager import resolve_checkpoint
+
+            path = resolve_checkpoint(path).resolve()
+        self.path, self.kind, self.cfg = path, kind, cfg
 
     def __call__(self, module, topo) -> None:
         import torch
 
         from bigtrain.convert import layout as L
+        from bigtrain.convert.weights_io import read_full_weights
 
-        weights = read_init_weights(self.path, self.kind, self.cfg)
+        weights = read_full_weights(self.path, self.kind, self.cfg)
         with torch.no_grad():
             for name, p in module.named_parameters():
                 if name not in weights:
@@ -73,32 +68,19 @@ class InitWeights:
 
     def reference(self) -> dict[str, Any]:
         """What a LoRA checkpoint records of its base: path, kind and a checksum of the weights' files."""
-        return {"path": str(self.path.resolve()), "kind": self.kind, "sha256": weights_digest(self.path, self.kind)}
+        from bigtrain.convert.weights_io import weights_digest
+
+        return {"path": str(self.path), "kind": self.kind, "sha256": weights_digest(self.path, self.kind)}
 
 
-def weights_digest(path: Path, kind: str) -> str:
-    """sha256 over the weight files of a Hugging Face directory (their contents), or over a bigtrain
-    checkpoint's bigtrain.json once every file it lists has been verified against its own sha256."""
-    import hashlib
+def recorded_lora_base(run_dir: Path, cfg) -> InitWeights | None:
+    """The base a LoRA run's newest checkpoint records, for resuming without --init (``bigtrain train --resume``,
+    a Ray Train worker); the trainer verifies its checksum against the checkpoint's."""
+    from bigtrain.checkpoint.manager import latest_checkpoint, read_meta
 
-    from bigtrain.io import sha256_file
-
-    h = hashlib.sha256()
-    if kind == "hf":
-        files = sorted(f for f in path.iterdir() if f.is_file() and (f.suffix == ".safetensors" or f.name.endswith(
-            ".safetensors.index.json") or f.name == "pytorch_model.bin" or f.name == "config.json"))
-        for f in files:
-            h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-        return h.hexdigest()
-    from bigtrain.checkpoint.manager import META_FILE, verify_checkpoint
-    from bigtrain.convert.checkpoint_io import open_checkpoint
-
-    ckpt, _ = open_checkpoint(path)
-    reason = verify_checkpoint(ckpt)
-    if reason is not None:
-        raise BigtrainError(f"--init {path}: the base checkpoint does not verify: {reason}")
-    h.update((ckpt / META_FILE).read_bytes())
-    return h.hexdigest()
+    found = latest_checkpoint(run_dir)
+    base = read_meta(found).get("lora_base") if found else None
+    return InitWeights(Path(base["path"]), base["kind"], cfg) if base else None
 
 
 def init_tokenizer_dir(init: Path, kind: str, cfg, run_dir: Path) -> Path | None:

@@ -44,6 +44,8 @@ def unpartitioned_fp32(job: JobConfig, dp: int) -> bool:
 def deepspeed_config(job: JobConfig, dp: int) -> dict[str, Any]:
     t, p = job.train, job.parallel
     zero: dict[str, Any] = {"stage": p.zero_stage_at(dp, t.precision)}
+    if zero["stage"] == 3:
+        zero["stage3_param_persistence_threshold"] = p.zero3_persistence_elements
     if p.bucket_elements:
         n = p.bucket_elements
         zero.update(reduce_bucket_size=n, allgather_bucket_size=n, stage3_prefetch_bucket_size=n)
@@ -191,7 +193,7 @@ class Trainer:
         job = self.job
         self.tokenizer = resolve_tokenizer(job)
         lora = job.lora.enabled
-        if lora and not hasattr(self.init_fn, "reference"):
+        if lora and not hasattr(self.init_fn, "reference"):  # a train.init.InitWeights
             raise BigtrainError(f"lora.rank={job.lora.rank} trains adapters on fixed starting weights: give them "
                                 "with --init CKPT_OR_HF_DIR")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +250,9 @@ class Trainer:
                                 "use a new --run-dir or the checkpoint's config")
         self._check_layout(ckpt, meta.get("layout") or {})
         self._check_lora(ckpt, meta)
-        CheckpointManager.load(self.engine, ckpt, frozen=self.lora_base is None)
+        CheckpointManager.load(self.engine, ckpt, include_frozen=self.lora_base is None)
+        if self.lora_base is not None:
+            self._check_loaded_adapters(ckpt)
         self.loader.load_state_dict(meta["loader"])
         self.start_step = self.step = int(meta["step"])
         self.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -261,16 +265,35 @@ class Trainer:
         """Adapters resume only on the base they were trained on, with the same adapter settings."""
         from bigtrain.model.lora import LoraConfig
 
-        saved = LoraConfig.from_dict(meta["config"].get("lora") or {}, prefix="lora.")
-        if saved.to_dict() != self.job.lora.to_dict():
+        saved, here = LoraConfig.from_dict(meta["config"].get("lora") or {}, prefix="lora."), self.job.lora
+        same = (saved.rank, saved.alpha, saved.dropout, saved.paths()) == (here.rank, here.alpha, here.dropout,
+                                                                           here.paths())
+        if not same:
             raise BigtrainError(f"{ckpt}: saved with lora {saved.to_dict()}, this run has lora "
-                                f"{self.job.lora.to_dict()}; use a new --run-dir or the checkpoint's settings")
+                                f"{here.to_dict()}; use a new --run-dir or the checkpoint's settings")
         base = meta.get("lora_base")
         if self.lora_base is not None and (not base or base.get("sha256") != self.lora_base["sha256"]):
             was = f"{base.get('path')} (sha256 {str(base.get('sha256'))[:16]}…)" if base else "unknown weights"
             raise BigtrainError(f"{ckpt}: these adapters were trained on base {was}, but --init "
                                 f"{self.lora_base['path']} has sha256 {self.lora_base['sha256'][:16]}…; resume with "
                                 "the base the run started from")
+
+    def _check_loaded_adapters(self, ckpt: Path) -> None:
+        """DeepSpeed loads a LoRA checkpoint's files without strictness (they lack the frozen base): the adapters
+        it loaded must equal the checkpoint's adapter.safetensors, or some were missing."""
+        from safetensors.torch import load_file
+
+        from bigtrain.model.lora import ADAPTER_FILE, gather_adapters
+
+        got = gather_adapters(self.engine.module, self.job.model, self.job.lora, self.topo.tp_rank, self.topo.dp_rank)
+        bad = [None]
+        if self.info.rank == 0:
+            want = load_file(str(ckpt / ADAPTER_FILE))  # verified with the checkpoint's other files
+            bad = [next((k for k in want if not torch.equal(got[k], want[k])), None)]
+        dist.broadcast_object_list(bad, src=0)
+        if bad[0] is not None:
+            raise BigtrainError(f"{ckpt}: adapter {bad[0]} loaded from DeepSpeed's files differs from "
+                                f"{ADAPTER_FILE}; the checkpoint is inconsistent")
 
     def _check_layout(self, ckpt: Path, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose files this engine cannot load; DeepSpeed would fail deep
@@ -286,6 +309,9 @@ class Trainer:
         def show(lay: dict[str, Any]) -> str:
             return " ".join(f"{k}={lay.get(k)}" for k in keys)
 
+        if self.lora_base is not None:  # bigtrain convert refuses LoRA checkpoints
+            raise BigtrainError(f"{ckpt}: a LoRA run saved with layout {show(saved)} resumes in that layout only "
+                                f"(this run is {show(here)})")
         raise BigtrainError(f"{ckpt}: saved with layout {show(saved)}, this run is {show(here)}: convert it with "
                             f"bigtrain convert --tp {here['tp']} --pp {here['pp']} --dp {here['dp']} "
                             f"--zero-stage {self.job.parallel.zero_stage}")
@@ -332,10 +358,11 @@ class Trainer:
         if self.lora_base is not None:
             from bigtrain.model.lora import gather_adapters
 
-            adapters = gather_adapters(self.engine.module, self.job.model, self.job.lora, self.topo.tp_rank)
+            adapters = gather_adapters(self.engine.module, self.job.model, self.job.lora, self.topo.tp_rank,
+                                       self.topo.dp_rank)
         ckpt = self.checkpoints.save(self.engine, self.step, self.checkpoint_meta(),
                                      tokenizer_files=self.tokenizer.carried_files() if self.tokenizer else None,
-                                     adapters=adapters, frozen=self.lora_base is None)
+                                     adapters=adapters, include_frozen=self.lora_base is None)
         if self.info.rank == 0:
             print(f"saved checkpoint {ckpt}", flush=True)
         for cb in self.callbacks:

@@ -61,7 +61,8 @@ def test_import_tp2pp2_export_matches_transformers(tmp_path, kind):
     written by its own 4-process worker world all the same."""
     from bigtrain.convert.api import convert
     from bigtrain.convert.checkpoint_io import read_weights
-    from bigtrain.convert.hf import export_hf, import_hf
+    from bigtrain.convert.export import export_hf
+    from bigtrain.convert.hf import import_hf
     from bigtrain.generate.inference import build_model
     from bigtrain.generate.sampling import generate
     from bigtrain.model.config import ModelConfig
