@@ -11,6 +11,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 
+# The reference runs several modules compare with (tests/conftest.py: ref_run): the tiny recipe, 20 steps, a
+# checkpoint at 10 (resume, reshard) and a gradient clip that binds (so the global norm must be right too).
+REF_ARGS = ["train.max_steps=20", "train.log_interval=1", "checkpoint.interval=10", "checkpoint.keep=2",
+            "model.n_layers=2", "train.grad_clip=0.5"]
+REF_LAYOUTS = {  # name: (processes, overrides)
+    "single": (1, []),
+    "tp2": (2, ["parallel.tp=2"]),
+    "pp2": (2, ["parallel.pp=2"]),
+    "tp2-pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+    "dp2-zero1": (2, ["parallel.zero_stage=1"]),
+    "dp2-zero2": (2, ["parallel.zero_stage=2"]),
+    "dp2-zero3": (2, ["parallel.zero_stage=3"]),
+    "dp2-tp2": (4, ["parallel.tp=2", "parallel.zero_stage=1"]),
+    "dp2-pp2": (4, ["parallel.pp=2", "parallel.zero_stage=1"]),
+    # train.compile: observed |diff| ~1e-7 too, on every layout it allows (tests/unit/test_config.py: the one refused)
+    "tp2-pp2-compile": (4, ["parallel.tp=2", "parallel.pp=2", "train.compile=true"]),
+    "compile-ckpt": (1, ["train.compile=true", "train.activation_checkpointing=true"]),
+}
+
 
 def env_for_tests() -> dict[str, str]:
     env = dict(os.environ)

@@ -6,12 +6,25 @@ position, and the size and sha256 of every other file) under a temporary name an
 then moves ``latest``. A directory without a readable ``bigtrain.json`` is an interrupted save; one whose
 files do not match their checksums is damaged. Resuming takes the newest checkpoint that verifies and
 says why any newer one was passed over.
+
+Durability: every rank ``fsync``s its DeepSpeed files as it writes them (checkpoint/torch_engine.py) and then
+the directories holding them; rank 0 syncs the checkpoint directory after renaming ``bigtrain.json`` into it
+and ``checkpoints/`` after moving ``latest``, so after a power loss ``latest`` never names a checkpoint whose
+files did not reach the disk.
+
+Test hook: ``BIGTRAIN_FAULT_KILL_IN_SAVE=STEP:POINT[:RANK]`` makes RANK (default 0) SIGKILL itself once, in
+the save of step STEP, at POINT: ``ds-bytes=N`` (after exactly N bytes of its DeepSpeed files), ``before-meta``
+(its DeepSpeed files written and synced), ``after-meta`` (``bigtrain.json`` in place, ``latest`` not moved;
+rank 0 only) or ``after-latest`` (``latest`` moved, older checkpoints not pruned; rank 0 only). A marker file
+in the run directory holding the spec keeps a restarted job (torchrun --max-restarts) from dying again.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +38,9 @@ from bigtrain.io import atomic_write_json, atomic_write_text, read_json, sha256_
 META_FILE = "bigtrain.json"
 TOKENIZER_SUBDIR = "tokenizer"  # a copy of the run's tokenizer, so a checkpoint stands alone
 _TAG = re.compile(r"^step_(\d{8,})$")
+FAULT_KILL_IN_SAVE = "BIGTRAIN_FAULT_KILL_IN_SAVE"
+FAULT_KILL_MARKER = ".bigtrain-fault-kill-in-save"
+KILL_POINTS = ("ds-bytes=N", "before-meta", "after-meta", "after-latest")
 
 
 def tag_for(step: int) -> str:
@@ -121,11 +137,60 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KillInSave:
+    """The ``BIGTRAIN_FAULT_KILL_IN_SAVE`` test hook (see the module docstring)."""
+
+    def __init__(self, spec: str, run_dir: Path):
+        self.spec = spec
+        self.marker = run_dir / FAULT_KILL_MARKER
+        parts = spec.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            self.step, self.point = int(parts[0]), parts[1]
+            self.rank = int(parts[2]) if len(parts) == 3 else 0
+            self.nbytes = int(self.point.removeprefix("ds-bytes=")) if self.point.startswith("ds-bytes=") else None
+        except ValueError:
+            raise BigtrainError(f"{FAULT_KILL_IN_SAVE}={spec}: expected STEP:POINT[:RANK] with POINT one of "
+                                f"{', '.join(KILL_POINTS)}") from None
+        if (self.point not in KILL_POINTS[1:]) if self.nbytes is None else self.nbytes < 0:
+            raise BigtrainError(f"{FAULT_KILL_IN_SAVE}={spec}: POINT must be one of {', '.join(KILL_POINTS)}")
+        if self.point in ("after-meta", "after-latest") and self.rank != 0:
+            raise BigtrainError(f"{FAULT_KILL_IN_SAVE}={spec}: only rank 0 writes bigtrain.json and latest")
+
+    @classmethod
+    def from_env(cls, run_dir: Path) -> KillInSave | None:
+        spec = os.environ.get(FAULT_KILL_IN_SAVE, "")
+        return cls(spec, run_dir) if spec else None
+
+    def armed(self, step: int, rank: int) -> bool:
+        return (step == self.step and rank == self.rank
+                and not (self.marker.is_file() and self.marker.read_text() == self.spec))
+
+    def die(self) -> None:
+        self.marker.write_text(self.spec)
+        print(f"{FAULT_KILL_IN_SAVE}={self.spec}: rank {self.rank} kills itself (SIGKILL)", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def at(self, point: str, step: int, rank: int) -> None:
+        if point == self.point and self.armed(step, rank):
+            self.die()
+
+
 class CheckpointManager:
     def __init__(self, run_dir: str | Path, keep: int):
         self.run_dir = Path(run_dir)
         self.root = checkpoints_root(run_dir)
         self.keep = keep
+        self.fault = KillInSave.from_env(self.run_dir)
 
     def save(self, engine, step: int, meta: dict[str, Any], tokenizer_files: list[Path] | None = None,
              adapters: dict[str, Any] | None = None, include_frozen: bool = True) -> Path:
@@ -143,13 +208,27 @@ class CheckpointManager:
         written = getattr(engine.checkpoint_engine, "written", None)
         if written is not None:
             written.clear()
+        fault = self.fault if self.fault and self.fault.armed(step, rank) else None
+        if fault and fault.nbytes is not None:
+            from bigtrain.checkpoint.torch_engine import KillAfterBytes
+
+            engine.checkpoint_engine.kill = KillAfterBytes(fault.nbytes, fault.die)
         # DeepSpeed's own `latest` would point at the tag before bigtrain.json exists; ours moves last.
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False,
-                               exclude_frozen_parameters=not include_frozen)
-        # Each rank hashed its own files as it wrote them (checkpoint/torch_engine.py).
+        try:
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain_step": step}, save_latest=False,
+                                   exclude_frozen_parameters=not include_frozen)
+        finally:
+            if fault and fault.nbytes is not None:
+                engine.checkpoint_engine.kill = None
+        # Each rank hashed and fsync-ed its own files as it wrote them (checkpoint/torch_engine.py); their
+        # names are durable once their directories are synced too.
         here = ckpt_dir.resolve()
         mine = {str(Path(f).resolve().relative_to(here)): info for f, info in (written or {}).items()
                 if Path(f).resolve().is_relative_to(here)}
+        for d in sorted({(here / rel).parent for rel in mine}):
+            _fsync(d)
+        if fault:
+            fault.at("before-meta", step, rank)
         hashed: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(hashed, mine)
         if rank == 0:
@@ -159,15 +238,25 @@ class CheckpointManager:
                 from bigtrain.model.lora import ADAPTER_FILE
 
                 save_file(adapters, str(ckpt_dir / ADAPTER_FILE), metadata={"format": "pt", "bigtrain": "lora"})
+                _fsync(ckpt_dir / ADAPTER_FILE)
             if tokenizer_files:  # the files, not their directory: that may be a whole Hugging Face model's
                 (ckpt_dir / TOKENIZER_SUBDIR).mkdir(exist_ok=True)
                 for f in tokenizer_files:
                     shutil.copyfile(f, ckpt_dir / TOKENIZER_SUBDIR / Path(f).name)
+                    _fsync(ckpt_dir / TOKENIZER_SUBDIR / Path(f).name)
+                _fsync(ckpt_dir / TOKENIZER_SUBDIR)
             known = {k: v for d in hashed for k, v in d.items()}
             atomic_write_json(ckpt_dir / META_FILE, {**meta, "step": step, "bigtrain_version": __version__,
                                                      "saved_at": time.time(), "save_seconds": time.time() - t0,
                                                      "files": checksum_files(ckpt_dir, known)})
+            _fsync(ckpt_dir)  # bigtrain.json's new name and the checkpoint's own, before latest can name it
+            _fsync(self.root)
+            if fault:
+                fault.at("after-meta", step, rank)
             atomic_write_text(self.root / "latest", tag)
+            _fsync(self.root)
+            if fault:
+                fault.at("after-latest", step, rank)
             self._prune()
         dist.barrier()
         return ckpt_dir

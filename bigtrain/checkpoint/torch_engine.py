@@ -9,6 +9,10 @@ no second read of the checkpoint by rank 0 (at scale: every rank's files, serial
 runs on a thread while the chunk is written, and the file is handed to the disk (``fdatasync``) every
 ``SYNC_EVERY`` bytes while serialisation goes on, then ``fsync``-ed: a checkpoint is durable when
 ``save`` returns, at about the disk's speed rather than serialisation time plus flush time.
+
+Test hook: :class:`KillAfterBytes` (set by ``BIGTRAIN_FAULT_KILL_IN_SAVE=STEP:ds-bytes=N``, see
+checkpoint/manager.py) puts exactly N bytes of a save on disk and then kills the process, so a test knows
+where inside DeepSpeed's files the save stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
@@ -32,12 +36,30 @@ def _safe_globals() -> list:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
+class KillAfterBytes:
+    """Test hook: ``die()`` once ``left`` more bytes of this rank's save are written (over all its files)."""
+
+    def __init__(self, left: int, die: Callable[[], None]):
+        self.left, self.die = left, die
+
+    def before_write(self, f, view: memoryview) -> None:
+        if len(view) < self.left:
+            self.left -= len(view)
+            return
+        head = view[:self.left]
+        done = 0
+        while done < len(head):
+            done += f.write(head[done:])
+        self.die()
+
+
 class _HashingFile:
     """A write-only file object for ``torch.save``: sha256 on a helper thread, periodic ``fdatasync``."""
 
-    def __init__(self, path: str, pool: ThreadPoolExecutor):
+    def __init__(self, path: str, pool: ThreadPoolExecutor, kill: KillAfterBytes | None = None):
         self.f = open(path, "wb", buffering=0)
         self.pool = pool
+        self.kill = kill
         self.sha = hashlib.sha256()
         self.size = 0
         self.unsynced = 0
@@ -45,6 +67,8 @@ class _HashingFile:
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
+        if self.kill is not None:
+            self.kill.before_write(self.f, view)
         # hashlib and the write both release the GIL; the view stays valid until both are done.
         hashing = self.pool.submit(self.sha.update, view)
         done = 0
@@ -72,10 +96,11 @@ class _HashingFile:
 class BigtrainCheckpointEngine(TorchCheckpointEngine):
     written: dict[str, dict[str, Any]]
     """Absolute path → {"bytes", "sha256"} of each file saved since the caller last cleared it."""
+    kill: KillAfterBytes | None = None
 
     def save(self, state_dict, path: str):
         with ThreadPoolExecutor(2, thread_name_prefix="bigtrain-ckpt") as pool:
-            f = _HashingFile(path, pool)
+            f = _HashingFile(path, pool, self.kill)
             try:
                 torch.save(state_dict, f, _use_new_zipfile_serialization=self.zipfile_serialization)
             finally:

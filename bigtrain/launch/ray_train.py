@@ -173,9 +173,11 @@ def run_ray_train(config: str, overrides: list[str], run_dir: str, *, num_worker
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    # The test hook reaches the workers through the loop config, not a runtime_env (which would clash with
+    from bigtrain.train.trainer import HOLD_ENV
+
+    # The test hooks reach the workers through the loop config, not a runtime_env (which would clash with
     # the one of a `ray job submit`). DeepSpeed's accelerator is chosen in each worker, where its GPUs are.
-    env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK, FAULT_KIND) and v}
+    env = {k: v for k, v in os.environ.items() if k in (FAULT_AT_STEP, FAULT_RANK, FAULT_KIND, HOLD_ENV) and v}
     if not ray.is_initialized():
         ray.init(address=ray_address)
     # GPUs are wherever the workers will run, not necessarily here (a `ray job submit` driver often runs on a

@@ -21,6 +21,13 @@ import torch.distributed as dist
 from bigtrain.model.llama import lm_loss
 
 FAULT_ENV = "BIGTRAIN_FAULT_NAN_STEPS"
+NAN_GRAD_ENV = "BIGTRAIN_FAULT_NAN_GRAD_STEPS"
+SPIKE_ENV = "BIGTRAIN_FAULT_SPIKE_STEPS"
+SPIKE_SCALE = 10.0
+
+
+def _steps(env: str) -> set[int]:
+    return {int(s) for s in os.environ.get(env, "").split(",") if s.strip()}
 
 
 class GradNormClip:
@@ -72,20 +79,39 @@ class SkippingAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-class GuardedLoss:
-    """The model's loss function, with test-only fault injection.
+class _NanGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
 
-    ``BIGTRAIN_FAULT_NAN_STEPS=5,6`` turns the loss of those (1-based) optimizer steps into NaN, to
-    exercise the skip path end to end; the trainer sets :attr:`step` before each step.
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class GuardedLoss:
+    """The model's loss function, with test-only fault injection for those (1-based) optimizer steps; the
+    trainer sets :attr:`step` before each step.
+
+    ``BIGTRAIN_FAULT_NAN_STEPS=5,6``: the loss is NaN. ``BIGTRAIN_FAULT_NAN_GRAD_STEPS=5``: the loss stays finite,
+    its gradients are NaN. ``BIGTRAIN_FAULT_SPIKE_STEPS=12``: the loss reads ``SPIKE_SCALE`` × its value, its
+    gradients are unchanged (a finite spike that must warn, not skip).
     """
 
     def __init__(self):
         self.step = 0
-        raw = os.environ.get(FAULT_ENV, "")
-        self.nan_steps = {int(s) for s in raw.split(",") if s.strip()}
+        self.nan_steps = _steps(FAULT_ENV)
+        self.nan_grad_steps = _steps(NAN_GRAD_ENV)
+        self.spike_steps = _steps(SPIKE_ENV)
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = lm_loss(logits, labels)
         if self.step in self.nan_steps:
             loss = loss * float("nan")
+        if self.step in self.nan_grad_steps:
+            loss = _NanGrad.apply(loss)
+        if self.step in self.spike_steps:
+            loss = loss + (SPIKE_SCALE - 1) * loss.detach()
         return loss

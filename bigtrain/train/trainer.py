@@ -34,6 +34,11 @@ from bigtrain.train.schedule import lr_factor
 
 # Written when a run saved at SIGTERM / SIGUSR1 and stopped early (see Trainer._record_stop).
 STOPPED_FILE = ".bigtrain-stopped"
+# Test-only: after step k every rank waits (up to HOLD_TIMEOUT_S) for a stop request, once rank 0 has written
+# RUN/HELD_FILE, so that a test's signal lands at a known step instead of after a guessed sleep.
+HOLD_ENV = "BIGTRAIN_FAULT_HOLD_AT_STEP"
+HELD_FILE = ".bigtrain-held"
+HOLD_TIMEOUT_S = 120.0
 
 
 def unpartitioned_fp32(job: JobConfig, dp: int) -> bool:
@@ -421,10 +426,12 @@ class Trainer:
         self.stop_reason = None
         if self.info.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # a record of an earlier attempt
+            (self.run_dir / HELD_FILE).unlink(missing_ok=True)
         for cb in self.callbacks:
             cb.on_train_start(self)
         last: dict[str, Any] = {}
         streak = 0
+        hold_at = int(os.environ.get(HOLD_ENV) or 0)
         self._install_signal_handlers()
         while self.step < self.end_step:
             t0 = time.perf_counter()
@@ -453,6 +460,8 @@ class Trainer:
                                     f"norm (steps {self.step - streak + 1}-{self.step}); the checkpoint at step "
                                     f"{self.step} holds the last good weights")
                 break
+            if self.step == hold_at:
+                self._hold()
             if self._stop_requested():
                 if self.info.rank == 0:
                     print(f"received signal {self.stop_signal}: saving at step {self.step} and stopping", flush=True)
@@ -462,6 +471,16 @@ class Trainer:
         if self.stop_signal and self.info.rank == 0:
             self._record_stop()
         return last
+
+    def _hold(self) -> None:
+        """The test-only hold (HOLD_ENV): every rank polls the collective stop flag, so all leave together."""
+        if self.info.rank == 0:
+            atomic_write_text(self.run_dir / HELD_FILE, f"{self.step}\n")
+        # A poll count, not a clock: every rank must make the same number of collective calls.
+        for _ in range(int(HOLD_TIMEOUT_S / 0.05)):
+            if self._stop_requested():
+                return
+            time.sleep(0.05)
 
     def _samples_digest(self, step: int) -> str:
         """A short hash of the ids of the step's samples: equal digests, equal data (resume checks)."""

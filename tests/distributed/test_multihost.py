@@ -10,6 +10,7 @@ does not allow it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,16 @@ from tests.helpers import REPO, TINY, bigtrain, env_for_tests, losses, metrics
 
 ARGS = ["train.max_steps=8", "train.log_interval=1", "checkpoint.interval=4", "model.n_layers=2"]
 HOST_A, HOST_B = "10.213.0.1", "10.213.0.2"
+SEED = int(os.environ.get("BIGTRAIN_TEST_SEED", "18"))
+
+
+def master_port() -> int:
+    """The namespaces are created for this test, so no other process can hold a port in them: any port below
+    the kernel's ephemeral range (32768-60999, where gloo's own sockets land) is free. Seeded and printed, so
+    a failure names the port it used and reruns with it."""
+    port = random.Random(SEED).randrange(20000, 32768)
+    print(f"BIGTRAIN_TEST_SEED={SEED}: master port {port}")
+    return port
 
 
 def _sh(*cmd: str) -> subprocess.CompletedProcess:
@@ -74,13 +85,14 @@ def two_hosts():
 def test_two_hosts_train_like_one(tmp_path, two_hosts):
     run = tmp_path / "two-hosts"
     procs = []
+    port = master_port()
     for node_rank, (ns, veth, addr) in enumerate(two_hosts):
         env = env_for_tests()
         # gloo binds to the interface named here, i.e. this "host's" own address.
         env.update(GLOO_SOCKET_IFNAME=veth, OMP_NUM_THREADS="1")
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                "--node_rank", str(node_rank), "--nproc_per_node", "1", "--master_addr", HOST_A,
-               "--master_port", "29631", "--local_addr", addr, "-m", "bigtrain", "train", TINY,
+               "--master_port", str(port), "--local_addr", addr, "-m", "bigtrain", "train", TINY,
                "--run-dir", str(run), *ARGS]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env, cwd=REPO))

@@ -1,66 +1,51 @@
-"""kill -9 of one rank at a random step: torchrun's supervisor (--max-restarts) restarts the job, which
-resumes from its last complete checkpoint and logs the same sample ids and losses, bit for bit, as a run
-that was never interrupted."""
+"""kill -9 of one rank: torchrun's supervisor (--max-restarts) restarts the job, which resumes from its last
+complete checkpoint and logs the same sample ids and losses, bit for bit, as a run that was never
+interrupted.
+
+Rank 1 kills itself (SIGKILL) inside a save, through the BIGTRAIN_FAULT_KILL_IN_SAVE hook
+(checkpoint/manager.py): the step and the point (within its DeepSpeed file, or after it) are drawn from
+BIGTRAIN_TEST_SEED and printed, and the kill lands exactly there. The checkpoint being written is incomplete,
+so the restart must go back to the one before it and replay the steps in between.
+"""
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
+from bigtrain.checkpoint.manager import FAULT_KILL_IN_SAVE, FAULT_KILL_MARKER
 from tests.helpers import REPO, TINY, bigtrain, env_for_tests, metrics
 
-COMMON = ["train.max_steps=14", "train.log_interval=1", "checkpoint.interval=3", "model.n_layers=2",
+INTERVAL = 3
+COMMON = ["train.max_steps=14", "train.log_interval=1", f"checkpoint.interval={INTERVAL}", "model.n_layers=2",
           "parallel.tp=2"]
-
-
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The worker process of the given RANK among the descendants of the torchrun agent."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in zip(out[::2], out[1::2]):
-        children.setdefault(int(ppid), []).append(int(pid))
-    todo, seen = [parent], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo.extend(children.get(p, []))
-    for p in seen[1:]:
-        try:
-            env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and b"TORCHELASTIC_RESTART_COUNT=0" in env:
-            return p
-    return None
+SEED = int(os.environ.get("BIGTRAIN_TEST_SEED", "18"))
 
 
 def test_kill_one_rank_and_restart(tmp_path):
     ref = tmp_path / "ref"
     bigtrain("train", TINY, "--run-dir", str(ref), *COMMON, nproc=2)
+    rng = random.Random(SEED)
+    kill_step = rng.choice([6, 9, 12])
+    rank1_bytes = (ref / "checkpoints" / f"step_{12:08d}" / "mp_rank_01_model_states.pt").stat().st_size
+    point = rng.choice([f"ds-bytes={rng.randrange(1, rank1_bytes)}", "before-meta"])
+    spec = f"{kill_step}:{point}:1"
+    print(f"BIGTRAIN_TEST_SEED={SEED}: {FAULT_KILL_IN_SAVE}={spec}")
+
     run = tmp_path / "run"
-    kill_at = random.Random(os.getpid()).randint(4, 10)
+    env = {**env_for_tests(), FAULT_KILL_IN_SAVE: spec}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "-m", "bigtrain", "train", TINY, "--run-dir", str(run), *COMMON]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        agent = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env_for_tests(), cwd=REPO)
-        killed = False
-        deadline = time.time() + 300
-        while agent.poll() is None and time.time() < deadline:
-            rows = metrics(run) if (run / "metrics.jsonl").exists() else []
-            if not killed and rows and rows[-1]["step"] >= kill_at:
-                pid = _rank_pid(agent.pid, 1)
-                assert pid, "rank 1 not found"
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-            time.sleep(0.05)
-        agent.wait(timeout=60)
-    text = log.read_text()
-    assert killed and agent.returncode == 0, text[-3000:]
-    assert "resumed from" in text
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    # Killed once, where the spec says; the restart found the hook spent.
+    assert proc.stdout.count(f"{FAULT_KILL_IN_SAVE}={spec}: rank 1 kills itself (SIGKILL)") == 1, text[-4000:]
+    assert "Signal 9 (SIGKILL)" in proc.stderr or "exitcode: -9" in proc.stderr, proc.stderr[-3000:]
+    assert (run / FAULT_KILL_MARKER).read_text() == spec
+    back = kill_step - INTERVAL
+    assert proc.stdout.count("resumed from") == 1, proc.stdout
+    assert f"resumed from {run}/checkpoints/step_{back:08d} at step {back}" in proc.stdout, proc.stdout
     got, want = metrics(run), metrics(ref)
     assert [r["step"] for r in got] == list(range(1, 15))
     assert [r["samples"] for r in got] == [r["samples"] for r in want]

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
+import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,11 +63,17 @@ def ds(ray_local, corpus, tmp_path_factory):
     return out, manifest
 
 
-def test_same_output_for_any_workers_and_input_order(ds, corpus, tmp_path):
+@pytest.mark.parametrize("workers,chunk_size,order_seed", [(2, "100k", None), (4, "37k", 3)])
+def test_same_output_for_any_workers_and_input_order(ds, corpus, tmp_path, workers, chunk_size, order_seed):
     out1, m1 = ds
     out2 = tmp_path / "ds2"
-    # small chunks: the parquet file is read as several runs of row groups, the small txt files are grouped
-    m2 = _run(corpus, out2, inputs=list(reversed(corpus["inputs"])), workers=2, chunk_size="100k")
+    inputs = list(reversed(corpus["inputs"]))
+    if order_seed is not None:  # a shuffled order, reproducible from the printed seed
+        random.Random(order_seed).shuffle(inputs)
+        print(f"input order (seed {order_seed}): {[Path(p).name for p in inputs]}")
+    # small chunks: the parquet file is read as several runs of row groups, the small txt files are grouped;
+    # 4 workers on Ray's 2 CPUs: more tasks in flight than run at once
+    m2 = _run(corpus, out2, inputs=inputs, workers=workers, chunk_size=chunk_size)
     assert m1 == m2
     assert _files(out1) == _files(out2)  # manifest.json and every shard, byte for byte
     pieces = [p for f in sorted((out2 / ".state" / "chunks").glob("*.json")) for p in json.loads(f.read_text())["pieces"]]
@@ -129,10 +133,15 @@ def test_rerun_keeps_verified_shards(ds, corpus, tmp_path):
     (out / "manifest.json").unlink()
     (out / "train/shard-00000.tar").unlink()
     (out / "train/shard-00001.tar").write_bytes(b"garbage")
+    shards = [p for p in before if p.endswith(".tar")]
+    inodes = {p: (out / p).stat().st_ino for p in shards if p != "train/shard-00000.tar"}
     _run(corpus, out)
     assert _files(out) == before
-    assert (out / "train/shard-00002.tar").stat().st_mtime_ns == mtimes["train/shard-00002.tar"]
-    assert (out / "train/shard-00001.tar").stat().st_mtime_ns != mtimes["train/shard-00001.tar"]
+    # a shard is written under a temporary name and renamed: a rewritten shard is a new inode, a kept one is not
+    assert (out / "train/shard-00001.tar").stat().st_ino != inodes["train/shard-00001.tar"]
+    kept = {p: (out / p).stat().st_ino for p in inodes if p != "train/shard-00001.tar"}
+    assert kept and kept == {p: inodes[p] for p in kept}
+    assert all((out / p).stat().st_mtime_ns == mtimes[p] for p in kept)
 
 
 # ---------------------------------------------------------------- bad inputs: one line each

@@ -38,10 +38,11 @@ from tests.helpers import REPO, TINY, bigtrain, env_for_tests, losses, metrics
 
 BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
-# 120 steps: `ray job stop` (CLI start-up, then the driver taking SIGTERM inside Ray Train's fit) takes seconds,
-# ~7 steps/s here, and the save at the signal must come before the last step.
-TRAIN = ["model.vocab_size=512", "train.max_steps=120", "train.log_interval=1", "checkpoint.interval=5",
+# The stop lands at a known step: the trainer's test hold (BIGTRAIN_FAULT_HOLD_AT_STEP) waits there for it, so no
+# padding of steps has to cover how long `ray job stop` takes.
+TRAIN = ["model.vocab_size=512", "train.max_steps=20", "train.log_interval=1", "checkpoint.interval=5",
          "model.n_layers=2"]
+HOLD_AT = 14  # after the restart (a kill at step 7, resumed from step 5) and past step 12
 
 _why = netns.unavailable()
 pytestmark = [pytest.mark.skipif(not os.path.exists(RAY), reason="the ray CLI is not installed"),
@@ -176,10 +177,9 @@ def test_cluster_is_per_job(cluster):
 
 
 @pytest.fixture(scope="module")
-def dataset(cluster, tmp_path_factory):
+def dataset(cluster, tmp_path_factory, corpus_tokenizer_dir):
     work = tmp_path_factory.mktemp("ray-data")
-    bigtrain("tokenizer", "train", "--input", "data/python-docs.jsonl.gz", "--vocab-size", "512",
-             "--output", str(work / "tok"))
+    shutil.copytree(corpus_tokenizer_dir, work / "tok")
     # Uncompressed, so that small chunks of the one file spread over both nodes' CPUs.
     (work / "docs.jsonl").write_bytes(gzip.decompress((REPO / "data/python-docs.jsonl.gz").read_bytes()))
     args = ["--input", str(work / "docs.jsonl"), "--tokenizer", str(work / "tok"), "--num-shards", "2"]
@@ -204,21 +204,20 @@ def test_job_submit_preprocess_on_two_nodes(dataset, tmp_path):
 
 
 def test_ray_train_restart_then_preempt_and_resume(cluster, dataset, tmp_path):
-    data, status, _, _ = dataset
-    if status != "SUCCEEDED":
-        pytest.skip("preprocessing failed (see test_job_submit_preprocess_on_two_nodes)")
+    data, status, out, _ = dataset
+    assert status == "SUCCEEDED", f"the dataset this test trains on was not made:\n{out[-3000:]}"
     run = tmp_path / "ray-run"
     train = ["bigtrain", "launch", "ray-train", "configs/tiny-cpu.yaml", "--run-dir", str(run), "--num-workers", "2",
              "--max-failures", "1", "--ray-address", "auto", f"data.path={data}", *TRAIN]
+    from bigtrain.train.trainer import HELD_FILE, HOLD_ENV
+
     first = cluster.submit(*train, wait=False, env_vars={"BIGTRAIN_FAULT_AT_STEP": "7", "BIGTRAIN_FAULT_KIND": "kill",
-                                                         "RAY_JOB_STOP_WAIT_TIME_S": "120"})
+                                                         HOLD_ENV: str(HOLD_AT), "RAY_JOB_STOP_WAIT_TIME_S": "120"})
     deadline = time.time() + 300
-    while True:  # past the restart (the fault marker) and step 12 of the restarted group
-        steps = [r["step"] for r in metrics(run)] if (run / "metrics.jsonl").exists() else []
-        if (run / ".bigtrain-fault-injected").exists() and steps and steps[-1] >= 12:
-            break
+    while not (run / HELD_FILE).exists():  # the restarted group holds at HOLD_AT until the stop request
         assert time.time() < deadline and cluster.status(first) in ("RUNNING", "PENDING"), cluster.job_logs(first)
         time.sleep(0.5)
+    assert (run / ".bigtrain-fault-injected").exists()
     t0 = time.time()
     stop = cluster.ray("job", "stop", "--address", cluster.info["dashboard"], first, timeout=200)
     stop_s = time.time() - t0
@@ -228,7 +227,7 @@ def test_ray_train_restart_then_preempt_and_resume(cluster, dataset, tmp_path):
     m = re.search(r"received signal 15: saving at step (\d+) and stopping", out)
     assert m and "exit 143: rerun to resume" in out, out[-6000:]
     saved = int(m.group(1))
-    assert 12 <= saved < 120 and (run / "checkpoints" / f"step_{saved:08d}").is_dir()
+    assert saved == HOLD_AT and (run / "checkpoints" / f"step_{saved:08d}").is_dir()
     assert not (run / ".bigtrain-stop").exists()
     # Each rank ran on its own host.
     placed = {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["host"]
@@ -239,12 +238,12 @@ def test_ray_train_restart_then_preempt_and_resume(cluster, dataset, tmp_path):
     out2 = cluster.job_logs(second)
     assert cluster.status(second) == "SUCCEEDED", out2[-6000:]
     assert f"resumed from {run}/checkpoints/step_{saved:08d}" in out2  # the save made at the signal
-    assert [r["step"] for r in metrics(run)] == list(range(1, 121))
+    assert [r["step"] for r in metrics(run)] == list(range(1, 21))
     # Ray holds one copy of each save it keeps (rank 0's), pruned to checkpoint.keep=2 per Ray Train run;
     # a copy reported just before a restart or a stop may stay behind (timing in Ray 2.60).
     copies = sorted(p for p in (run / "ray").rglob("checkpoint_*") if p.is_dir())
     steps = [json.loads((c / "bigtrain.json").read_text())["step"] for c in copies]
-    assert len(steps) == len(set(steps)) and {115, 120} <= set(steps), steps
+    assert len(steps) == len(set(steps)) and {15, 20} <= set(steps), steps
     # The same job, uninterrupted, under torchrun: identical losses.
     ref = tmp_path / "torchrun"
     bigtrain("train", TINY, "--run-dir", str(ref), f"data.path={data}", *TRAIN, nproc=2)

@@ -26,7 +26,8 @@ import pytest
 from tests.helpers import REPO, TINY, bigtrain, losses, metrics
 
 SLURM = REPO / "cluster" / "slurm"
-STEPS = 60  # ~4.5 steps/s here: the save at a signal sent after step 5 lands well before the end
+STEPS = 20
+HOLD_AT = 5  # a preempted job holds after this step until its signal (the trainer's test hold): it saves exactly here
 ARGS = [f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=30", "model.n_layers=2",
         "parallel.tp=2"]
 ALLOC = ["--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
@@ -108,9 +109,15 @@ def test_train_sbatch_on_two_nodes(full_job, one_machine):
 def preempt_requeue_resume(cluster, script: str, work: Path, *scancel: str) -> str:
     """Submit, send SIGTERM with `scancel *scancel JOB` once training is under way, check every rank got it
     and saved, that the job requeued itself, then let it start again; returns the final job log."""
+    from bigtrain.train.trainer import HELD_FILE, HOLD_ENV
+
     run = work / "run"
-    job = submit(cluster, script, work)
-    wait_for_steps(run, 5, cluster, job)
+    job = submit(cluster, script, work, env={HOLD_ENV: str(HOLD_AT)})
+    deadline = time.monotonic() + 240
+    while not (run / HELD_FILE).exists():  # every rank waits at HOLD_AT for the stop request
+        assert time.monotonic() < deadline, cluster.job_log(job, 60)
+        assert cluster.fields(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), cluster.job_log(job, 60)
+        time.sleep(0.2)
     cluster.run("scancel", *scancel, "--signal=TERM", job)
     fields = cluster.wait(job, {"PENDING", "COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
     log = cluster.job_log(job)
@@ -118,7 +125,7 @@ def preempt_requeue_resume(cluster, script: str, work: Path, *scancel: str) -> s
     got = sorted(set(re.findall(r"rank (\d) on (node\d) got signal 15", log)))
     assert got == [("0", "node1"), ("1", "node1"), ("2", "node2"), ("3", "node2")], log[-4000:]
     saved = re.search(r"received signal 15: saving at step (\d+)", log)
-    assert saved and 5 <= int(saved.group(1)) < STEPS, log[-4000:]
+    assert saved and int(saved.group(1)) == HOLD_AT, log[-4000:]
     step = int(saved.group(1))
     assert f"stopped early (job={job} attempt=0 step={step} signal=15); requeueing job {job}" in log
     cluster.start_now(job)

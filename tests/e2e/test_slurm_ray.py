@@ -19,9 +19,10 @@ import time
 from tests.helpers import REPO, TINY, bigtrain, losses, metrics
 
 SCRIPT = REPO / "cluster" / "slurm" / "ray.sbatch"
-# The driver takes the signal only when its main thread next runs Python (seconds, inside Ray Train's fit):
-# enough steps that the save at the signal cannot be the last one (~7 steps/s observed on 2 cores).
-STEPS = 200
+# The driver takes the signal only when its main thread next runs Python (seconds, inside Ray Train's fit): the
+# workers hold after HOLD_AT (the trainer's test hold) until the stop request arrives, so they save exactly there.
+STEPS = 20
+HOLD_AT = 8
 ARGS = ["model.vocab_size=512", f"train.max_steps={STEPS}", "train.log_interval=1", "checkpoint.interval=100",
         "model.n_layers=2"]
 ALLOC = ["--ntasks-per-node=1", "--cpus-per-task=2"]
@@ -31,11 +32,13 @@ def test_ray_sbatch_on_two_nodes_preempted_requeued_resumed(slurm_cluster, corpu
     work = tmp_path / "work"
     work.mkdir()
     run, data = work / "run", work / "data"
+    from bigtrain.train.trainer import HELD_FILE, HOLD_ENV
+
     env = {"INPUT": str(REPO / "data" / "python-docs.jsonl.gz"), "TOKENIZER": str(corpus_tokenizer_dir),
-           "DATA": str(data), "NUM_WORKERS": "2", "RAY_JOIN_TIMEOUT": "120"}
+           "DATA": str(data), "NUM_WORKERS": "2", "RAY_JOIN_TIMEOUT": "120", HOLD_ENV: str(HOLD_AT)}
     job = slurm_cluster.sbatch(SCRIPT, TINY, str(run), *ARGS, workdir=work, sbatch_args=ALLOC, extra_env=env)
     deadline = time.monotonic() + 400
-    while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 8):
+    while not (run / HELD_FILE).exists():
         assert time.monotonic() < deadline, slurm_cluster.job_log(job, 80)
         assert slurm_cluster.fields(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), \
             slurm_cluster.job_log(job, 80)
@@ -47,7 +50,7 @@ def test_ray_sbatch_on_two_nodes_preempted_requeued_resumed(slurm_cluster, corpu
     m = re.search(r"received signal 10: saving at step (\d+) and stopping", log)
     assert m and "requeueing job" in log, log[-5000:]
     saved = int(m.group(1))
-    assert saved < STEPS and (run / "checkpoints" / f"step_{saved:08d}").is_dir()
+    assert saved == HOLD_AT and (run / "checkpoints" / f"step_{saved:08d}").is_dir()
     info = json.loads((run / ".ray-cluster" / job / "head.json").read_text())
     assert info["host"] == "node1" and 6379 not in info["ports"].values()
     assert re.search(r"Ray cluster up at \S+ with 2 node\(s\)", log)

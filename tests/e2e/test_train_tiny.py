@@ -4,6 +4,7 @@ and its switches (tied embeddings, activation checkpointing, bf16, launchers, to
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -51,11 +52,26 @@ def test_activation_checkpointing_and_bf16(tmp_path):
     bigtrain("train", TINY, "--run-dir", str(tmp_path / "ac"), *SHORT, "train.activation_checkpointing=true")
     bigtrain("train", TINY, "--run-dir", str(tmp_path / "bf16"), *SHORT, "train.precision=bf16")
     ref = losses(tmp_path / "ref")
-    # Recomputation repeats the same operations: same numbers.
+    # Recomputation repeats the same operations: same numbers. (That it recomputes at all is
+    # tests/unit/test_activation_checkpointing.py's part: these losses are equal when the switch is ignored.)
     assert np.allclose(losses(tmp_path / "ac"), ref, rtol=1e-6, atol=0)
     # bf16 weights and activations: close to fp32 over 10 steps, not equal.
     assert np.allclose(losses(tmp_path / "bf16"), ref, rtol=2e-2, atol=0)
     assert losses(tmp_path / "bf16") != ref
+
+
+def test_gradient_clipping_changes_the_update(tmp_path):
+    # Adam divides the gradient by its own scale, so clipping shows only where eps is not negligible next to
+    # it: at eps=1e-3 (per-element gradients ~1e-3), step 2's loss was 5.5438 clipped to 0.05 against 5.5355
+    # unclipped (1.5e-3 relative), step 3's 5.5548 against 5.5392.
+    args = [*SHORT, "train.max_steps=3", "train.eps=1e-3"]
+    bigtrain("train", TINY, "--run-dir", str(tmp_path / "clip"), *args, "train.grad_clip=0.05")
+    bigtrain("train", TINY, "--run-dir", str(tmp_path / "off"), *args, "train.grad_clip=0")
+    clip, off = metrics(tmp_path / "clip"), metrics(tmp_path / "off")
+    assert all(r["grad_norm"] > 0.5 for r in clip)  # observed 0.58-0.61: the 0.05 clip binds at every step
+    assert clip[0]["loss"] == off[0]["loss"]  # before any update
+    for a, b in zip(clip[1:], off[1:]):
+        assert abs(a["loss"] / b["loss"] - 1) > 7e-4, (a["loss"], b["loss"])
 
 
 @pytest.mark.skipif(shutil.which("deepspeed") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "deepspeed")),
@@ -63,7 +79,10 @@ def test_activation_checkpointing_and_bf16(tmp_path):
 def test_deepspeed_launcher_matches_torchrun(tmp_path):
     bigtrain("train", TINY, "--run-dir", str(tmp_path / "torchrun"), *SHORT, "parallel.tp=2", nproc=2)
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    proc = subprocess.run([launcher, "--num_gpus", "2", "--master_port", "29517", "--module", "bigtrain", "train",
+    with socket.socket() as s:  # a port free now, rather than a fixed one another job may hold
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([launcher, "--num_gpus", "2", "--master_port", str(port), "--module", "bigtrain", "train",
                            TINY, "--run-dir", str(tmp_path / "ds"), *SHORT, "parallel.tp=2"],
                           capture_output=True, text=True, env=env_for_tests(), cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

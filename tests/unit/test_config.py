@@ -5,7 +5,7 @@ import pytest
 from bigtrain.config.base import apply_overrides, parse_override
 from bigtrain.config.job import JobConfig, load_job_config
 from bigtrain.errors import BigtrainError
-from tests.helpers import TINY, bigtrain
+from tests.helpers import REPO, TINY, bigtrain
 
 
 def test_overrides_are_typed_and_nested():
@@ -63,13 +63,22 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[m[:40] for _, m in BAD_CONFIGS])
-def test_bad_config_is_one_line(tmp_path, overrides, message):
+def test_bad_config_is_one_line(tmp_path, capsys, overrides, message):
+    # in-process: the CLI's own entry point, without a process start per case (one real process below)
+    from bigtrain.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", TINY, "--run-dir", str(tmp_path / "run"), *overrides])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bigtrain: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_config_in_a_real_process_is_one_line(tmp_path):
+    overrides, message = BAD_CONFIGS[0]
     proc = bigtrain("train", TINY, "--run-dir", str(tmp_path / "run"), *overrides, check=False)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("bigtrain: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr == f"bigtrain: error: {message}\n", proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -89,3 +98,28 @@ def test_missing_and_malformed_config_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     proc = bigtrain("train", str(bad), "--run-dir", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "is not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_readme_lists_every_config_key():
+    """The README's table of config keys names exactly the fields of each section's dataclass."""
+    import dataclasses
+    import re
+
+    from bigtrain.config.job import JobConfig
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)`", (REPO / "README.md").read_text(), re.M))
+
+    def keys(cls) -> set[str]:
+        out = set()
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(sub):
+                out.add(f"{f.name}.{{{','.join(x.name for x in dataclasses.fields(sub))}}}")
+            else:
+                out.add(f.name)
+        return out
+
+    for f in dataclasses.fields(JobConfig):
+        section = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(section):
+            assert set(rows.get(f.name, "").split()) == keys(type(section)), f.name

@@ -10,7 +10,7 @@ import torch
 
 from bigtrain.config.job import JobConfig
 from bigtrain.convert import layout as L
-from tests.helpers import REPO, bigtrain
+from tests.helpers import bigtrain
 
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
          "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -71,10 +71,8 @@ def test_non_llama_hf_config(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_tokenizer_does_not_match_vocabulary(tmp_path):
-    tok = tmp_path / "tok"
-    bigtrain("tokenizer", "train", "--input", str(REPO / "data" / "python-docs.jsonl.gz"), "--vocab-size", "512",
-             "--output", str(tok))
+def test_tokenizer_does_not_match_vocabulary(tmp_path, corpus_tokenizer_dir):
+    tok = corpus_tokenizer_dir  # 512 pieces
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps(LLAMA))  # vocab_size 256 < 512 tokenizer pieces

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,9 +124,15 @@ def test_mixing_weights_within_one_percent(datasets):
 
 
 def test_heldout_split(datasets):
-    ld = build_loader(job(datasets[:1]), 0, 1, split="heldout")
-    ld.next_batch()
-    assert all("/heldout/" in ld.sample_id(i) for i in range(2))
+    def text(ids) -> str:
+        return "," + ",".join(str(int(t)) for t in ids) + ","
+
+    heldout = text(read_shard(Path(datasets[0]) / "heldout" / "shard-00000.tar")[2])
+    batch = build_loader(job(datasets[:1]), 0, 1, split="heldout").next_batch()
+    assert batch.input_ids.shape == (2, 32)
+    assert all(text(row) in heldout for row in batch.input_ids)  # windows of the held-out stream
+    train = build_loader(job(datasets[:1]), 0, 1, split="train").next_batch()
+    assert not any(text(row) in heldout for row in train.input_ids)  # and the train split's are not
 
 
 def test_vocab_larger_than_model_is_an_error(datasets):
