@@ -189,7 +189,8 @@ class Trainer:
         self.start_step = 0
         self.step = 0
         self.skipped_steps = 0
-        self.stop_signal = 0  # the one stop flag: a signal this rank got, then the one all ranks agreed on
+        self.stop_signal = 0  # the stop all ranks agreed on (0: none); only _stop_requested writes it
+        self._requested = 0  # a stop this rank was asked for (signal handler, stop file), not yet agreed
         self.stop_reason: str | None = None
         self.stop_file = Path(stop_file) if stop_file else None
 
@@ -390,11 +391,13 @@ class Trainer:
         note = f"rank {self.info.rank} on {socket.gethostname()} got signal {{}}\n"
 
         def handler(signum, frame):
-            if not self.stop_signal:
+            if not self._requested:
                 # One line per rank that got it (shows a signal reached every rank, on every node); a raw
                 # write, as the handler may run while print() is inside the same stream.
                 os.write(1, note.format(signum).encode())
-            self.stop_signal = signum
+            # Its own field: the handler runs between any two bytecodes, so writing the agreed flag here could be
+            # undone by _stop_requested storing the all-reduce it started before the signal (a lost preemption).
+            self._requested = signum
 
         if threading.current_thread() is not threading.main_thread():
             # Python takes signals in the main thread only (Ray Train runs the loop in another one): the
@@ -408,21 +411,22 @@ class Trainer:
             signal.signal(sig, handler)
 
     def _stop_requested(self) -> bool:
-        if not self.stop_signal and self.stop_file is not None and self.info.rank == 0:
+        """Collective: True once any rank was asked to stop; all ranks then hold the same ``stop_signal``."""
+        if not self._requested and self.stop_file is not None and self.info.rank == 0:
             try:  # the file holds the signal number the launcher got
-                self.stop_signal = int(self.stop_file.read_text().strip() or signal.SIGTERM)
+                self._requested = int(self.stop_file.read_text().strip() or signal.SIGTERM)
             except FileNotFoundError:
                 pass
             except ValueError:
-                self.stop_signal = signal.SIGTERM
-        flag = torch.tensor([float(self.stop_signal)], device=self.info.device)
+                self._requested = signal.SIGTERM
+        flag = torch.tensor([float(max(self._requested, self.stop_signal))], device=self.info.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self.stop_signal = int(flag.item())
         return bool(self.stop_signal)
 
     def fit(self) -> dict[str, Any]:
         t = self.job.train
-        self.stop_signal = 0
+        self.stop_signal = self._requested = 0
         self.stop_reason = None
         if self.info.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # a record of an earlier attempt
