@@ -18,7 +18,7 @@ import torch
 from tests.helpers import REPO, bigtrain, env_for_tests, make_tiny_hf_llama, metrics
 
 SFT = str(REPO / "configs" / "sft-tiny.yaml")
-RTOL = 1e-5  # tighter than the 1e-4: observed at most 1.6e-7 (full SFT TP=2), 0.0 for LoRA TP=2 and PP=2
+RTOL = 1e-5  # tighter than the 1e-4: observed at most 1.9e-7 (full SFT TP=2) and 8.2e-8 (LoRA), printed below
 LOGIT_TOL = 1e-4  # fp32
 COMMON = ["train.max_steps=4", "train.log_interval=1", "train.warmup_steps=0", "train.lr=1e-2"]
 LORA = ["lora.rank=4", "lora.alpha=8", "lora.targets=[q,k,v,o,gate,up,down]"]  # column- and row-parallel targets
