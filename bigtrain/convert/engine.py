@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from bigtrain.errors import BigtrainError
+from bigtrain.parallel.zero import has_fp32_master
 
 OPT_KEYS = ("exp_avg", "exp_avg_sq")
 
@@ -148,12 +149,6 @@ def _link_optimizer_state(engine, create_step: float | None = None) -> None:
         opt._lazy_init_hp_params_optimizer_state()
 
 
-def _has_hp(p) -> bool:
-    # Under ZeRO-1/2 at DP > 1 a parameter outside this rank's partition has ``_hp_mapping = None``; it still
-    # takes the hp path, whose get is a collective over DP (every rank must call it) and whose set is a no-op.
-    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
-
-
 def _worker_dump(ckpt: Path, out: Path, with_optimizer: bool) -> None:
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -170,7 +165,7 @@ def _worker_dump(ckpt: Path, out: Path, with_optimizer: bool) -> None:
     shard: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in engine.module.named_parameters():
         entry = {}
-        if _has_hp(p):
+        if has_fp32_master(p):
             entry["param"] = safe_get_full_fp32_param(p).detach().float().clone()
             if with_optimizer:
                 for k in OPT_KEYS:
@@ -215,7 +210,7 @@ def _worker_load(stage: Path, root: Path, tag: str) -> None:
     extra = torch.load(stage / "extra.pt", weights_only=False)
     base = _base_optimizer(engine)
     step = float(extra.get("step", 0.0))
-    if any(_has_hp(p) for p in engine.module.parameters()):
+    if any(has_fp32_master(p) for p in engine.module.parameters()):
         _link_optimizer_state(engine, create_step=step)
     for name, p in engine.module.named_parameters():
         if name not in weights:
@@ -223,7 +218,7 @@ def _worker_load(stage: Path, root: Path, tag: str) -> None:
         local = L.shard(weights[name], name, topo.tp, topo.tp_rank, job.model)
         moments = {k: L.shard(optim[f"{name}.{k}"], name, topo.tp, topo.tp_rank, job.model) for k in OPT_KEYS
                    if f"{name}.{k}" in optim}
-        if _has_hp(p):
+        if has_fp32_master(p):
             safe_set_full_fp32_param(p, local.float())
             for k in OPT_KEYS:
                 safe_set_full_optimizer_state(p, moments.get(k, torch.zeros_like(local, dtype=torch.float32)), k)

@@ -255,18 +255,16 @@ def gather_adapters(module, cfg: "ModelConfig", lora: LoraConfig, tp_rank: int, 
     data parallelism; the parameter itself otherwise); the first data-parallel replica's ranks send theirs to
     rank 0, which joins the tensor-parallel slices by the table."""
     import torch.distributed as dist
-    from deepspeed.utils import safe_get_full_fp32_param
 
     from bigtrain.convert import layout as L
+    from bigtrain.parallel.zero import full_fp32
 
     table = adapter_table(cfg, lora)
     mine = {}
     for name, p in module.named_parameters():
         if name not in table:
             continue
-        # Under ZeRO-1/2 at DP > 1 a parameter outside this rank's partition has ``_hp_mapping = None``: the get
-        # is still a collective over DP, so every rank calls it.
-        full = safe_get_full_fp32_param(p) if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") else p
+        full = full_fp32(p)  # collective over DP under ZeRO: every rank calls it
         if dp_rank == 0:
             mine[name] = full.detach().float().cpu().clone()
     every: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
