@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from tests.helpers import REF_ARGS, REF_LAYOUTS, REPO, TINY, bigtrain
+from bigtrain.parallel.layouts import CPU_LAYOUTS
+from tests.helpers import REF_ARGS, REPO, TINY, bigtrain
 
 
 @pytest.fixture(scope="session")
@@ -66,17 +67,19 @@ def _tree(run) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="session")
 def ref_run(tmp_path_factory):
-    """``ref_run(layout)``: the run directory of REF_ARGS in that layout (tests/helpers.py: REF_LAYOUTS), trained on
-    first use and shared by every module that compares with it (layouts, resume, reshard). Read-only: a test that
+    """``ref_run(layout)``: the run directory of REF_ARGS in that layout (bigtrain/parallel/layouts.py), trained on
+    first use and shared by every module that compares with it (layouts, resume, reshard); its console output is in
+    ``RUN.parent / f"{layout}.stdout"``. Read-only: a test that
     resumes or damages a run copies it first; the session ends by checking no shared run was changed."""
     root = tmp_path_factory.mktemp("ref")
     made: dict[str, tuple] = {}
 
     def get(name: str):
         if name not in made:
-            nproc, overrides = REF_LAYOUTS[name]
+            nproc, overrides = CPU_LAYOUTS[name]
             run = root / name
-            bigtrain("train", TINY, "--run-dir", str(run), *REF_ARGS, *overrides, nproc=nproc)
+            out = bigtrain("train", TINY, "--run-dir", str(run), *REF_ARGS, *overrides, nproc=nproc).stdout
+            (root / f"{name}.stdout").write_text(out)  # beside the run, not in it
             made[name] = (run, _tree(run))
         return made[name][0]
 

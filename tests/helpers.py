@@ -1,4 +1,4 @@
-"""Shared helpers: run the real CLI in subprocesses (single process or under torchrun)."""
+"""Shared helpers: run the real CLI (one rank or several: tests/forkserver.py, or torchrun) and read its runs."""
 
 from __future__ import annotations
 
@@ -11,24 +11,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
 
-# The reference runs several modules compare with (tests/conftest.py: ref_run): the tiny recipe, 20 steps, a
+# The reference runs several modules compare with (tests/conftest.py: ref_run, in each layout of
+# bigtrain/parallel/layouts.py: CPU_LAYOUTS): the tiny recipe, 20 steps, a
 # checkpoint at 10 (resume, reshard) and a gradient clip that binds (so the global norm must be right too).
 REF_ARGS = ["train.max_steps=20", "train.log_interval=1", "checkpoint.interval=10", "checkpoint.keep=2",
             "model.n_layers=2", "train.grad_clip=0.5"]
-REF_LAYOUTS = {  # name: (processes, overrides)
-    "single": (1, []),
-    "tp2": (2, ["parallel.tp=2"]),
-    "pp2": (2, ["parallel.pp=2"]),
-    "tp2-pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
-    "dp2-zero1": (2, ["parallel.zero_stage=1"]),
-    "dp2-zero2": (2, ["parallel.zero_stage=2"]),
-    "dp2-zero3": (2, ["parallel.zero_stage=3"]),
-    "dp2-tp2": (4, ["parallel.tp=2", "parallel.zero_stage=1"]),
-    "dp2-pp2": (4, ["parallel.pp=2", "parallel.zero_stage=1"]),
-    # train.compile: observed |diff| ~1e-7 too, on every layout it allows (tests/unit/test_config.py: the one refused)
-    "tp2-pp2-compile": (4, ["parallel.tp=2", "parallel.pp=2", "train.compile=true"]),
-    "compile-ckpt": (1, ["train.compile=true", "train.activation_checkpointing=true"]),
-}
 
 
 def env_for_tests() -> dict[str, str]:
@@ -41,14 +28,30 @@ def env_for_tests() -> dict[str, str]:
 
 
 def bigtrain(*args: str, nproc: int = 1, timeout: int = 600, check: bool = True,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "bigtrain", *args]
+             env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``bigtrain ARGS`` on ``nproc`` ranks, as ``subprocess.run`` returns it (see ``python``)."""
+    return python(["-m", "bigtrain"], *args, nproc=nproc, timeout=timeout, check=check, env=env, fresh=fresh)
+
+
+def python(target: list[str], *args: str, nproc: int = 1, timeout: int = 600, check: bool = True,
+           env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``python TARGET ARGS`` (TARGET: ``["-m", MODULE]`` or ``[SCRIPT]``) on ``nproc`` ranks. The ranks are forked
+    from tests/forkserver.py (imports done once per session) unless ``fresh``: a new interpreter, under
+    ``torchrun --standalone`` for several ranks, for tests of the launcher itself or of what a new process prints
+    (also with --verbose or BIGTRAIN_VERBOSE set, and for every call with BIGTRAIN_TEST_FORK=0)."""
+    env = env or env_for_tests()
+    fresh = (fresh or "--verbose" in args or env.get("BIGTRAIN_VERBOSE") == "1"
+             or os.environ.get("BIGTRAIN_TEST_FORK") == "0")
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [sys.executable, *launcher, *target, *args]
+    if fresh:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "bigtrain", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or env_for_tests(),
-                          cwd=REPO)
+        from tests import forkserver
+
+        cmd = [f"forkserver[{nproc}]", *target, *args]
+        entry = {"module": target[1]} if target[0] == "-m" else {"script": str(Path(target[0]).resolve())}
+        proc = forkserver.run(list(args), nproc=nproc, env=env, cwd=str(REPO), timeout=timeout, cmd=cmd, **entry)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-6000:]}")

@@ -1,7 +1,7 @@
 """Time and peak memory of ``bigtrain import-hf`` and ``export-hf`` on a ≥100M-parameter model, beside
 transformers' own load + save of the same model (the reference).
 
-    DS_ACCELERATOR=cpu python tools/bench_hf_convert.py [--dir /tmp] [--family llama|mistral|qwen2]
+    DS_ACCELERATOR=cpu python tools/bench_hf_convert.py [--dir /tmp] [--family llama|mistral|qwen2] [--layers 30]
 
 The model is made by transformers with SmolLM-135M's shape (30 layers, d=576, 9 heads / 3 KV heads, ffn 1536,
 49,152-token vocabulary, tied): 135M parameters, 0.54 GB in fp32. Each command runs in its own process; its peak
@@ -51,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="scratch directory (about 3 GB)")
     ap.add_argument("--family", default="llama", choices=sorted(CLASSES))
+    ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="fewer for a quick run")
     args = ap.parse_args()
     import torch
     import transformers as T
@@ -59,7 +60,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-hf-", dir=args.dir))
     try:
         torch.manual_seed(0)
-        model = getattr(T, model_cls)(getattr(T, conf_cls)(**SHAPE))
+        model = getattr(T, model_cls)(getattr(T, conf_cls)(**{**SHAPE, "num_hidden_layers": args.layers}))
         params = sum(p.numel() for p in model.parameters())
         model.save_pretrained(str(root / "hf"))
         del model

@@ -107,6 +107,10 @@ def compile_blocks(module: torch.nn.Module) -> int:
     from bigtrain.model.llama import Block
 
     blocks = [m for m in module.modules() if isinstance(m, Block)]
+    if not blocks:
+        from bigtrain.errors import BigtrainError
+
+        raise BigtrainError(f"train.compile: no transformer block ({Block.__module__}.Block) found in this stage")
     for b in blocks:
         b.compile(dynamic=False)
     return len(blocks)

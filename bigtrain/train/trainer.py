@@ -155,7 +155,10 @@ def build_engine(job: JobConfig, init_fn: Callable[[torch.nn.Module, Any], None]
     if job.train.compile:
         from bigtrain.train.module import compile_blocks
 
-        compile_blocks(module)
+        n = compile_blocks(module)
+        if info.rank == 0:  # said, so that a compile that found nothing to compile cannot pass for one
+            print(f"train.compile: {n} transformer blocks of the first stage compiled (the first steps pay for it)",
+                  flush=True)
     t = job.train
     optimizer = SkippingAdamW(_param_groups(module, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     if unpartitioned_fp32(job, dp):

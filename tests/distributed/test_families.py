@@ -137,3 +137,13 @@ def test_qwen2_one_step_tp2_equals_transformers(tmp_path):
         moved += int(not torch.equal(before[name].detach(), p.detach()))
     assert trained["model.layers.0.self_attn.q_proj.bias"].abs().sum() > 0
     assert moved == len(before)  # every tensor, biases included, was trained
+
+    # --dtype bf16: the same weights rounded to bf16 (checked against transformers' model of them by export-hf)
+    bigtrain("export-hf", "--input", str(run), "--output", str(tmp_path / "bf16"), "--dtype", "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    half = {}
+    for f in (tmp_path / "bf16").glob("*.safetensors"):
+        half.update(load_file(str(f)))
+    assert half.keys() == trained.keys()
+    for name, t in half.items():
+        assert t.dtype == torch.bfloat16 and torch.equal(t, trained[name].to(torch.bfloat16)), name

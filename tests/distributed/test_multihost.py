@@ -108,6 +108,6 @@ def test_two_hosts_train_like_one(tmp_path, two_hosts):
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-5000:]
     assert [r["step"] for r in metrics(run)] == list(range(1, 9))
-    # The same job on one host (two processes under one torchrun) logs the same losses.
+    # The same job on one host (two processes) logs the same losses.
     bigtrain("train", TINY, "--run-dir", str(tmp_path / "one-host"), *ARGS, nproc=2)
     assert losses(run) == losses(tmp_path / "one-host")

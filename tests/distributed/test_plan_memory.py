@@ -6,12 +6,10 @@ live, and compared with the plan's prediction for that rank's pipeline stage.
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO, TINY, bigtrain, env_for_tests
+from tests.helpers import TINY, bigtrain, python
 
 # ~5M parameters: large enough that the 2 × 1M-element buckets below do not blur the comparison.
 MODEL = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden=768",
@@ -33,10 +31,7 @@ def test_plan_memory_matches_measured(tmp_path, name):
     nproc, layout = LAYOUTS[name]
     overrides = MODEL + layout
     out = tmp_path / "measured.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bigtrain.plan.measure", TINY, *overrides, "--out", str(out)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env_for_tests(), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    python(["-m", "bigtrain.plan.measure"], TINY, *overrides, "--out", str(out), nproc=nproc)
     measured = json.loads(out.read_text())["ranks"]
     plan = json.loads(bigtrain("plan", TINY, *overrides, "--nodes", "1", "--gpus-per-node", str(nproc), "--json").stdout)
     stages = {s["pp_rank"]: s for s in plan["stages"]}

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from tests.helpers import REF_ARGS, REF_LAYOUTS, TINY, bigtrain, losses, metrics
+from bigtrain.parallel.layouts import CPU_LAYOUTS
+from tests.helpers import REF_ARGS, TINY, bigtrain, losses, metrics
 
 # reference layout → the convert flags that produce it
 FLAGS = {"tp2-pp2": ["--tp", "2", "--pp", "2"], "single": ["--tp", "1", "--pp", "1"],
@@ -22,7 +23,7 @@ TOLERANCE = 1e-4  # absolute, per logged loss
 @pytest.mark.parametrize("src,dst", [("tp2-pp2", "single"), ("single", "tp2-pp2"), ("single", "dp2-zero1"),
                                      ("dp2-zero1", "single")])
 def test_converted_run_continues_like_the_original(tmp_path, ref_run, src, dst):
-    dst_n, dst_over = REF_LAYOUTS[dst]
+    dst_n, dst_over = CPU_LAYOUTS[dst]
     dst_flags = FLAGS[dst]
     full, conv = ref_run(src), tmp_path / "conv"
     step10 = full / "checkpoints" / "step_00000010"

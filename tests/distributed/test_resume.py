@@ -12,19 +12,24 @@ import pytest
 
 from bigtrain.checkpoint.manager import META_FILE
 from bigtrain.io import sha256_file
-from tests.helpers import REF_ARGS, REF_LAYOUTS, REPO, TINY, bigtrain, env_for_tests, losses, metrics
+from bigtrain.parallel.layouts import CPU_LAYOUTS
+from tests.helpers import REF_ARGS, REPO, TINY, bigtrain, env_for_tests, losses, metrics
 
 COMMON = REF_ARGS  # the shared reference runs' job: 20 steps, a checkpoint at 10
 
 
 @pytest.mark.parametrize("name", ["single", "pp2", "tp2-pp2", "dp2-zero1", "dp2-zero3"])
 def test_resume_is_bitwise(tmp_path, ref_run, name):
-    nproc, layout = REF_LAYOUTS[name]
+    nproc, layout = CPU_LAYOUTS[name]
     full, split = ref_run(name), tmp_path / "split"  # the uninterrupted run is the shared reference
     bigtrain("train", TINY, "--run-dir", str(split), *COMMON, *layout, "train.stop_after=10", nproc=nproc)
     assert [r["step"] for r in metrics(split)] == list(range(1, 11))
     out = bigtrain("train", TINY, "--run-dir", str(split), *COMMON, *layout, nproc=nproc)
-    assert "resumed from" in out.stdout and "step_00000010" in out.stdout
+    # the save's duration, recorded in bigtrain.json, is printed on resume (to size a preemption warning)
+    took = json.loads((split / "checkpoints" / "step_00000010" / META_FILE).read_text())["save_seconds"]
+    assert 0 < took < 60
+    assert f"resumed from {split / 'checkpoints' / 'step_00000010'} at step 10; its save took {took:.1f} s" \
+        in out.stdout, out.stdout[-2000:]
     assert losses(split) == losses(full)
     assert [r["step"] for r in metrics(split)] == list(range(1, 21))
 

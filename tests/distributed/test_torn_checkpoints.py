@@ -53,7 +53,9 @@ def train(run: Path, *extra: str, kill: str | None = None, nproc: int = 1):
     env = env_for_tests()
     if kill:
         env[FAULT_KILL_IN_SAVE] = kill
-    proc = bigtrain("train", TINY, "--run-dir", str(run), *ARGS, *extra, nproc=nproc, env=env, check=kill is None)
+    # a rank killed among several: torchrun's report of it is part of what is checked
+    proc = bigtrain("train", TINY, "--run-dir", str(run), *ARGS, *extra, nproc=nproc, env=env, check=kill is None,
+                    fresh=bool(kill) and nproc > 1)
     ptr = latest(run)
     assert ptr is None or intact(run / "checkpoints" / ptr), f"latest names {ptr}, which does not verify"
     return proc

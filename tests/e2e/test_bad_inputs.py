@@ -158,7 +158,7 @@ CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 def test_bad_input_is_one_line(good, tmp_path, case):
     args, fragment = case(good, tmp_path)
     before = set(p.name for p in tmp_path.iterdir())
-    proc = bigtrain(*args, check=False)
+    proc = bigtrain(*args, check=False, fresh=True)  # what a user's new process prints, imports and all
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

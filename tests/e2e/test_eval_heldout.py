@@ -1,5 +1,6 @@
 """`bigtrain eval`: bits-per-byte of a checkpoint is the same for every TP/PP layout and equals the in-training
-held-out evaluation (itself the same under TP1 PP1 and TP2 PP2); bad inputs are one-line errors."""
+held-out evaluation (itself the same under TP1 PP1, TP2 PP2 and DP2: two replicas of one micro-batch each evaluate
+the windows one process evaluates in two); bad inputs are one-line errors."""
 
 from __future__ import annotations
 
@@ -34,15 +35,19 @@ def test_bpb_same_for_every_layout(dataset, tmp_path):
     data = dataset / "ds"
     runs = {}
     for name, par, nproc in (("tp1pp1", ["parallel.tp=1", "parallel.pp=1"], 1),
-                             ("tp2pp2", ["parallel.tp=2", "parallel.pp=2"], 4)):
+                             ("tp2pp2", ["parallel.tp=2", "parallel.pp=2"], 4),
+                             ("dp2", ["parallel.zero_stage=1", "train.eval_batches=1"], 2)):
         run = tmp_path / name
         bigtrain("train", str(REPO / "configs" / "tiny-cpu.yaml"), "--run-dir", str(run), f"data.path={data}",
                  *MODEL, *TRAIN, *par, nproc=nproc)
         (rec,) = metrics(run, split="heldout")
         runs[name] = (run, rec)
-    a, b = runs["tp1pp1"][1], runs["tp2pp2"][1]
-    assert a["bytes"] == b["bytes"] and a["tokens"] == b["tokens"] == 2 * 2 * 64
-    assert math.isclose(a["bpb"], b["bpb"], rel_tol=1e-4), (a, b)
+    a = runs["tp1pp1"][1]
+    for name in ("tp2pp2", "dp2"):
+        b = runs[name][1]
+        assert a["bytes"] == b["bytes"] and a["tokens"] == b["tokens"] == 2 * 2 * 64, (name, a, b)
+        assert math.isclose(a["bpb"], b["bpb"], rel_tol=1e-4) and math.isclose(a["loss"], b["loss"], rel_tol=1e-4), \
+            (name, a, b)
     # bpb itself (nats and bytes each computed by hand) is proven by tests/unit/test_eval_bpb.py
 
     # the standalone evaluation of each checkpoint, on the same windows, agrees with its in-training record

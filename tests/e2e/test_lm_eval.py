@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO, bigtrain, env_for_tests, make_tiny_hf_llama
+from tests.helpers import bigtrain, env_for_tests, make_tiny_hf_llama, python
 
 TASKS = "bigtrain_digits_mc,bigtrain_digits_gen,bigtrain_digits_ppl"
 pytest.importorskip("lm_eval")
 
 
-def _lm_eval(args, out):
+def _lm_eval(module, args, out):
     env = {**env_for_tests(), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    r = subprocess.run([*args, "--tasks", TASKS, "--include_path", "bigtrain/eval/tasks", "--output_path", str(out),
-                        "--batch_size", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
+    python(["-m", module], *args, "--tasks", TASKS, "--include_path", "bigtrain/eval/tasks", "--output_path", str(out),
+           "--batch_size", "1", env=env)
     (path,) = list(out.rglob("results_*.json"))
     return json.loads(path.read_text())["results"]
 
@@ -32,10 +29,10 @@ def test_bigtrain_model_and_hf_export_agree(tmp_path, corpus_tokenizer_dir):
     bigtrain("import-hf", "--input", str(tmp_path / "orig"), "--output", str(ckpt))
     bigtrain("export-hf", "--input", str(ckpt), "--output", str(export))
 
-    ours = _lm_eval([sys.executable, "-m", "bigtrain.eval.harness", "--model", "bigtrain", "--model_args",
-                     f"checkpoint={ckpt},max_length=64"], tmp_path / "ours")
-    theirs = _lm_eval([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-                       f"pretrained={export},dtype=float32,max_length=64", "--device", "cpu"], tmp_path / "theirs")
+    ours = _lm_eval("bigtrain.eval.harness", ["--model", "bigtrain", "--model_args", f"checkpoint={ckpt},max_length=64"],
+                    tmp_path / "ours")
+    theirs = _lm_eval("lm_eval", ["--model", "hf", "--model_args", f"pretrained={export},dtype=float32,max_length=64",
+                                  "--device", "cpu"], tmp_path / "theirs")
     print(json.dumps(ours, indent=1))
     assert set(ours) == set(theirs) == set(TASKS.split(","))
 

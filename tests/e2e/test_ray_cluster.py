@@ -9,7 +9,7 @@ HOME directories), started as cluster/slurm/ray.sbatch starts it: `bigtrain laun
   step 7 on its first attempt, Ray Train restarts the group from the step-5 checkpoint; later `ray job stop`
   (SIGTERM to the driver, RAY_JOB_STOP_WAIT_TIME_S=120) makes the workers save at the end of their step and
   the driver exit 143; a resubmitted job resumes from that save, and the losses equal those of the same
-  job run uninterrupted under torchrun. RUN/ray holds one copy of each checkpoint Ray keeps.
+  job run uninterrupted on one machine. RUN/ray holds one copy of each checkpoint Ray keeps.
 * A second cluster on the same machine (its own ports and token) stays separate: a node holding the
   first cluster's token is refused and never appears, and `ray-wait` for a node that never joins fails
   with one line within its RAY_JOIN_TIMEOUT.
@@ -214,8 +214,12 @@ def test_ray_train_restart_then_preempt_and_resume(cluster, dataset, tmp_path):
     first = cluster.submit(*train, wait=False, env_vars={"BIGTRAIN_FAULT_AT_STEP": "7", "BIGTRAIN_FAULT_KIND": "kill",
                                                          HOLD_ENV: str(HOLD_AT), "RAY_JOB_STOP_WAIT_TIME_S": "120"})
     deadline = time.time() + 300
+    asked = 0.0
     while not (run / HELD_FILE).exists():  # the restarted group holds at HOLD_AT until the stop request
-        assert time.time() < deadline and cluster.status(first) in ("RUNNING", "PENDING"), cluster.job_logs(first)
+        assert time.time() < deadline, cluster.job_logs(first)
+        if time.time() > asked + 15:  # each `ray job status` is a new ray CLI process: seconds of CPU taken from the run
+            assert cluster.status(first) in ("RUNNING", "PENDING"), cluster.job_logs(first)
+            asked = time.time()
         time.sleep(0.5)
     assert (run / ".bigtrain-fault-injected").exists()
     t0 = time.time()
@@ -244,8 +248,8 @@ def test_ray_train_restart_then_preempt_and_resume(cluster, dataset, tmp_path):
     copies = sorted(p for p in (run / "ray").rglob("checkpoint_*") if p.is_dir())
     steps = [json.loads((c / "bigtrain.json").read_text())["step"] for c in copies]
     assert len(steps) == len(set(steps)) and {15, 20} <= set(steps), steps
-    # The same job, uninterrupted, under torchrun: identical losses.
-    ref = tmp_path / "torchrun"
+    # The same job, uninterrupted, on one machine: identical losses.
+    ref = tmp_path / "one-machine"
     bigtrain("train", TINY, "--run-dir", str(ref), f"data.path={data}", *TRAIN, nproc=2)
     assert losses(run) == losses(ref)
     assert [r["samples"] for r in metrics(run)] == [r["samples"] for r in metrics(ref)]

@@ -4,7 +4,7 @@ on a bridge, slurmctld + one slurmd each, two dummy GPUs per node through GRES, 
 Every job is `sbatch --nodes 2 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1` of a tiny model with
 TP=2 x DP=2 (4 CPU ranks over gloo, across the two hosts), submitted from a directory other than the repo:
 - train.sbatch completes, each rank where SLURM put it (host, local rank, GPUs, one CPU of its own), with the
-  losses of the same job on one machine (torchrun, 4 processes);
+  losses of the same job on one machine (4 processes);
 - SIGTERM to the ranks (`scancel --signal=TERM`) reaches every rank on both nodes; the job saves, requeues
   itself, resumes from the save made at the signal and ends with the uninterrupted losses;
 - `kill -9` of one rank ends the whole job (srun --kill-on-bad-exit) within 2 minutes (that job runs under
@@ -37,7 +37,7 @@ PROBE = re.compile(r"placement: rank (\d+)/(\d+) host (\S+) local_rank (\d+) CUD
 
 @pytest.fixture(scope="module")
 def one_machine(tmp_path_factory):
-    """The same job on one machine: torchrun with 4 processes."""
+    """The same job on one machine: 4 processes."""
     run = tmp_path_factory.mktemp("slurm-ref") / "run"
     bigtrain("train", TINY, "--run-dir", str(run), *ARGS, nproc=4)
     return losses(run)

@@ -5,7 +5,7 @@ node1, node2 with 2 CPUs each), `sbatch --nodes 2 --cpus-per-task 2`:
   trains 2 Ray Train workers; SIGUSR1 to the batch shell (what `--signal=B:USR1@120`
   sends before the time limit) reaches the driver, the workers save at the end of their step, the job
   requeues itself (and exits 0) and the next attempt resumes from that save, ending with the losses of the
-  same job on one machine (torchrun, 2 processes);
+  same job on one machine (2 processes);
 - when one node's Ray never joins, the job fails within RAY_JOIN_TIMEOUT with one line saying so.
 """
 
@@ -61,7 +61,7 @@ def test_ray_sbatch_on_two_nodes_preempted_requeued_resumed(slurm_cluster, corpu
     assert fields["JobState"] == "COMPLETED", (fields, log[-5000:])
     assert f"resumed from {run}/checkpoints/step_{saved:08d}" in log
     assert [r["step"] for r in metrics(run)] == list(range(1, STEPS + 1))
-    ref = tmp_path / "torchrun"
+    ref = tmp_path / "one-machine"
     bigtrain("train", TINY, "--run-dir", str(ref), f"data.path={data}", *ARGS, nproc=2)
     assert losses(run) == losses(ref)
 

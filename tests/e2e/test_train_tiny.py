@@ -77,7 +77,7 @@ def test_gradient_clipping_changes_the_update(tmp_path):
 @pytest.mark.skipif(shutil.which("deepspeed") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "deepspeed")),
                     reason="the deepspeed launcher script is not installed")
 def test_deepspeed_launcher_matches_torchrun(tmp_path):
-    bigtrain("train", TINY, "--run-dir", str(tmp_path / "torchrun"), *SHORT, "parallel.tp=2", nproc=2)
+    bigtrain("train", TINY, "--run-dir", str(tmp_path / "torchrun"), *SHORT, "parallel.tp=2", nproc=2, fresh=True)
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     with socket.socket() as s:  # a port free now, rather than a fixed one another job may hold
         s.bind(("127.0.0.1", 0))
@@ -87,6 +87,16 @@ def test_deepspeed_launcher_matches_torchrun(tmp_path):
                           capture_output=True, text=True, env=env_for_tests(), cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert losses(tmp_path / "ds") == losses(tmp_path / "torchrun")
+
+
+def test_cpu_machine_needs_no_ds_accelerator(tmp_path):
+    """Without DS_ACCELERATOR bigtrain picks DeepSpeed's CPU accelerator itself when no GPU is visible (a fresh
+    process: DeepSpeed reads the variable when it is first imported)."""
+    env = {**env_for_tests(), "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("DS_ACCELERATOR", None)
+    bigtrain("train", TINY, "--run-dir", str(tmp_path / "auto"), *SHORT, "train.max_steps=2", env=env, fresh=True)
+    bigtrain("train", TINY, "--run-dir", str(tmp_path / "set"), *SHORT, "train.max_steps=2")
+    assert len(losses(tmp_path / "auto")) == 2 and losses(tmp_path / "auto") == losses(tmp_path / "set")
 
 
 def test_trains_on_a_token_file(tmp_path):

@@ -193,12 +193,14 @@ def test_deepspeed_sbatch_runs_the_console_script_through_srun(tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
 
 
-@pytest.mark.parametrize("saved", [True, False], ids=["saved", "terminated"])
+@pytest.mark.parametrize("case", ["saved", "terminated", "no-requeue"])
 @pytest.mark.parametrize("script", ["train.sbatch", "deepspeed.sbatch"])
-def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, script, saved):
+def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, script, case):
     """A signal to the batch shell goes to every rank (scancel --signal: all steps, all nodes). Ranks that saved
-    at it leave the trainer's record and the job requeues itself and exits 0; ranks that ended 143 without it
-    (srun terminating them after another rank failed) are a failure, never requeued."""
+    at it leave the trainer's record and the job requeues itself and exits 0 (with BIGTRAIN_NO_REQUEUE=1 it exits
+    143 instead); ranks that ended 143 without it (srun terminating them after another rank failed) are a failure,
+    never requeued."""
+    saved = case != "terminated"
     opts = {**sbatch_defaults(SLURM / script), "nodes": "2"}
     ready = tmp_path / "srun-started"
     run = tmp_path / "run"
@@ -206,7 +208,8 @@ def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, sc
     (run / ".bigtrain-stopped").write_text("job=4242 attempt=1 step=3 signal=15\n")  # an earlier attempt's
     proc, log = run_script(SLURM / script, ["c.yaml", str(run)], opts, tmp_path, background=True,
                            extra_env={"STANDIN_SRUN_WAIT": str(ready), "DEEPSPEED": str(VENV_BIN / "deepspeed"),
-                                      "STANDIN_RUN_DIR": str(run) if saved else ""})
+                                      "STANDIN_RUN_DIR": str(run) if saved else "",
+                                      **({"BIGTRAIN_NO_REQUEUE": "1"} if case == "no-requeue" else {})})
     deadline = time.time() + 120
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
@@ -220,8 +223,11 @@ def test_sigterm_to_the_batch_shell_reaches_every_rank_and_requeues(tmp_path, sc
     out, _ = proc.communicate(timeout=120)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     requeued = ["requeue", "4242"] in [c["argv"] for c in calls if c["cmd"] == "scontrol"]
-    if saved:
+    if case == "saved":
         assert proc.returncode == 0 and requeued and "requeueing job 4242" in out, out  # not a failure
+    elif case == "no-requeue":
+        assert proc.returncode == 143 and not requeued and "requeueing" not in out, out
+        assert "training finished" not in out, out  # stopped at the save, not failed
     else:
         assert proc.returncode == 143 and not requeued and "training finished with exit code 143" in out, out
 

@@ -47,3 +47,21 @@ def test_synthetic_task_is_a_progression():
     w = SyntheticSource(50, 10, seed=1).window(7)
     d = np.diff(w) % 50
     assert len(w) == 11 and (d == d[0]).all() and 1 <= d[0] <= 7 and math.isfinite(float(w.sum()))
+
+
+def test_cpu_threads_are_shared_by_the_local_ranks(monkeypatch):
+    """Ranks on one CPU box split its cores (cluster/README.md), unless OMP_NUM_THREADS says otherwise."""
+    from bigtrain.train import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer.torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for local, want in (("4", 4), ("3", 5), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        trainer._set_cpu_threads()
+        assert calls[-1] == want
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    trainer._set_cpu_threads()
+    assert len(calls) == 3  # left to OpenMP's own setting
