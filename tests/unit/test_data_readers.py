@@ -78,3 +78,53 @@ def test_expand_inputs(tmp_path):
     assert [p.name for p in got] == ["a.txt", "b.jsonl"]
     with pytest.raises(BigtrainError, match="unknown input format"):
         readers.expand_inputs([str(tmp_path / "d" / "skip.md")])
+
+
+def test_default_chunk_size_is_a_256th_of_the_input_within_4_and_256_mib(tmp_path):
+    from bigtrain.data.chunks import auto_chunk_bytes, plan_chunks
+
+    mib = 1 << 20
+    assert auto_chunk_bytes(100 * mib) == 4 * mib  # small corpora: the floor
+    assert auto_chunk_bytes(10 * 1024 * mib) == 40 * mib  # 10 GiB / 256
+    assert auto_chunk_bytes(1 << 40) == 256 * mib  # 1 TiB: the cap
+    # a 12.5 MiB jsonl under the default: cut at line boundaries into chunks of at most 4 MiB (+ the line that ends one)
+    line = json.dumps({"text": "x" * 1000}) + "\n"
+    path = tmp_path / "docs.jsonl"
+    path.write_text(line * (int(12.5 * mib) // len(line)))
+    chunks = plan_chunks([path], "text", auto_chunk_bytes(path.stat().st_size))
+    sizes = [sum(p.end - p.start for p in c.pieces) for c in chunks]
+    assert len(chunks) == 4 and sum(sizes) == path.stat().st_size and max(sizes) <= 4 * mib + len(line), sizes
+
+
+def test_shard_writer_descriptors_raise_the_limit_or_reopen(tmp_path, monkeypatch):
+    """A shard's writer reads every run of the corpus: it raises its open-file limit to the hard limit, and
+    otherwise keeps at most half of what it has open, reopening the rest as needed (cluster/README.md)."""
+    import os
+    import resource
+
+    from bigtrain.data.runs import Descriptors
+
+    files = []
+    for i in range(40):
+        files.append(tmp_path / f"run{i}")
+        files[-1].write_bytes(bytes([i]) * 100)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    d = Descriptors(limit=16)
+    for _ in range(2):
+        for i, f in enumerate(files):
+            assert d.pread(str(f), 10, 50) == bytes([i]) * 10
+            assert fds() - before <= 16
+    d.close()
+    assert fds() == before
+
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (64, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, v: calls.append(v))
+    assert Descriptors().limit == 2048 and calls == [(4096, 4096)]
+
+    def refuse(_, v):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert Descriptors().limit == 32  # half the soft limit it has to keep

@@ -107,7 +107,7 @@ def run_script(script: Path, args: list[str], opts: dict[str, str], tmp_path: Pa
     # Only the tools the scripts use besides SLURM's, so that a real scontrol on the machine stays out of sight.
     tools = tmp_path / "tools"
     tools.mkdir(exist_ok=True)
-    for t in ("head", "cat", "rm", "readlink", "dirname", "sleep"):
+    for t in ("head", "cat", "rm", "readlink", "dirname", "sleep", "od", "tr"):
         if not (tools / t).exists():
             (tools / t).symlink_to(shutil.which(t))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
@@ -288,3 +288,14 @@ def test_documented_two_node_examples_are_valid_for_two_by_eight(tmp_path, label
     plan = subprocess.run([sys.executable, "-m", "bigtrain", "plan", str(REPO / config), "--nodes", "2",
                            "--gpus-per-node", "8", *overrides], capture_output=True, text=True, timeout=120)
     assert plan.returncode == 0, (label, plan.stdout + plan.stderr)
+
+
+def test_ray_sbatch_refuses_fewer_cpus_than_training_workers_per_node(tmp_path):
+    opts = {**sbatch_defaults(SLURM / "ray.sbatch"), "nodes": "2", "cpus-per-task": "2"}
+    proc, calls = run_script(SLURM / "ray.sbatch", ["c.yaml", str(tmp_path / "run")], opts, tmp_path,
+                             extra_env={"NUM_WORKERS": "6"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "bigtrain: 6 training workers on 2 node(s) need 3 CPUs per node (one each), the allocation has 2 "
+        "(--cpus-per-task): raise --cpus-per-task or lower NUM_WORKERS"), proc.stderr
+    assert not [c for c in calls if c["cmd"] == "srun"]  # refused before any node was started
