@@ -1,13 +1,15 @@
-"""Start `bigtrain` commands as forks of one process that has already imported torch, DeepSpeed, megatron-core
-and transformers, instead of a fresh interpreter (and a torchrun agent) per command.
+"""Start `bigtrain` commands (``python -m MODULE`` or ``python SCRIPT``, on one rank or several) as forks of one
+process that has already imported torch, DeepSpeed, megatron-core and transformers, instead of a fresh interpreter
+(and a torchrun agent) per command.
 
 Importing those costs ~4 s of CPU per process, more than most of the suite's tiny runs take to train; a 4-rank run
 pays it 4 times over (plus the agent's own imports) on CI's 2 cores. Everything after the imports is what a real run
-does: each rank is its own process running ``bigtrain.cli.main`` with the torch launcher variables (RANK,
+does: each rank is its own process running the module as ``__main__`` with the torch launcher variables (RANK,
 WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT) set, as the deepspeed launcher and Ray Train set them,
 and the ranks meet over gloo. A fresh process's state is restored in each fork: the environment, the working
 directory, Python's and numpy's random state, torch's default seed and thread count (torchrun's OMP_NUM_THREADS=1
-for several ranks).
+for several ranks). The exit status is the lowest failed rank's (torchrun reports 1); a failed rank makes the
+others get SIGTERM, as under torchrun.
 
 Launchers themselves (torchrun's restarts and failure reports, the deepspeed launcher, SLURM, Ray) are tested by
 running them for real: ``tests.helpers.bigtrain(..., fresh=True)`` and the modules that start them.
@@ -52,8 +54,8 @@ def _run_rank(req: dict, rank: int, port: int, threads: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # the server stops a run's ranks (and whatever they start) by process group
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(s, signal.SIG_DFL if s != signal.SIGINT else signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python starts (SIGPIPE stays ignored)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         out = os.open(req["stdout"], os.O_WRONLY | os.O_APPEND)
         err = os.open(req["stderr"], os.O_WRONLY | os.O_APPEND)
         os.dup2(out, 1)
@@ -119,11 +121,11 @@ def _run_rank(req: dict, rank: int, port: int, threads: int) -> None:
             os._exit(code)
 
 
-def _kill_all(pids: dict[int, int], sig: int) -> None:
+def _kill_groups(pids, sig: int) -> None:
     for pid in pids:
         try:
             os.killpg(pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
 
 
@@ -146,16 +148,17 @@ def _serve_one(req: dict, threads: int) -> dict:
     failed_at = None
     while len(codes) < len(pids):
         pid, status = os.waitpid(-1, os.WNOHANG)
+        running = [p for p in pids if pids[p] not in codes]
         if pid == 0:
             now = time.monotonic()
             if now > deadline:
-                _kill_all({p: 0 for p in pids if pids[p] not in codes}, signal.SIGKILL)
-                for p in pids:
-                    if pids[p] not in codes:
-                        os.waitpid(p, 0)
+                _kill_groups(running, signal.SIGKILL)
+                for p in running:
+                    os.waitpid(p, 0)
+                _kill_groups(pids, signal.SIGKILL)
                 return {"timeout": True}
             if failed_at is not None and now > failed_at + 30:  # the survivors ignored SIGTERM
-                _kill_all({p: 0 for p in pids if pids[p] not in codes}, signal.SIGKILL)
+                _kill_groups(running, signal.SIGKILL)
             time.sleep(0.02)
             continue
         if pid not in pids:
@@ -164,12 +167,8 @@ def _serve_one(req: dict, threads: int) -> dict:
         if codes[pids[pid]] != 0 and failed_at is None and len(pids) > 1:
             # one rank failed: stop the others, as torchrun does, rather than wait for their collectives to time out
             failed_at = time.monotonic()
-            _kill_all({p: 0 for p in pids if pids[p] not in codes}, signal.SIGTERM)
-    for pid in pids:  # whatever a rank started and left in its group
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            _kill_groups([p for p in pids if pids[p] not in codes], signal.SIGTERM)
+    _kill_groups(pids, signal.SIGKILL)  # whatever a rank started and left behind in its group
     return {"codes": [codes[r] for r in range(len(pids))]}
 
 
@@ -232,7 +231,11 @@ def run(argv: list[str], *, nproc: int, env: dict[str, str], cwd: str, timeout: 
         server.stdin.write(json.dumps({"argv": argv, "module": module, "script": script, "nproc": nproc, "env": env,
                                        "cwd": cwd, "timeout": timeout, "stdout": out, "stderr": err}) + "\n")
         server.stdin.flush()
-        answer = json.loads(server.stdout.readline())
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server exited ({server.poll()}) running {' '.join(cmd)}; see "
+                               f"{tempfile.gettempdir()}/bigtrain-forkserver-{os.getpid()}.log")
+        answer = json.loads(line)
         stdout, stderr = open(out, errors="replace").read(), open(err, errors="replace").read()
         if answer.get("timeout"):
             raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
