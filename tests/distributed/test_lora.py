@@ -163,6 +163,7 @@ def test_merged_and_peft_exports_reproduce_the_lora_model(base, lora_one, tmp_pa
     assert "peft on the base matches" in r.stdout
     conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert conf["peft_type"] == "LORA" and conf["r"] == 4 and conf["lora_alpha"] == 8
+    assert Path(conf["base_model_name_or_path"]) == (base / "hf").resolve()  # the HF directory training started from
     assert sorted(conf["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                      "down_proj"])
 

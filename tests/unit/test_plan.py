@@ -107,3 +107,15 @@ def test_lora_plan_counts_adapters_alone_as_trainable():
     assert s.grad_bytes == 2 * s.trainable  # bf16 gradients of the adapters only
     assert s.param_bytes == 2 * s.params and s.params == fs.params + s.trainable
     assert lora.step_time_s < full.step_time_s
+
+
+@pytest.mark.parametrize("recipe,gpus,size", [("tiny-cpu.yaml", 1, None), ("125m.yaml", 8, 125e6),
+                                              ("1b.yaml", 8, 1.1e9), ("7b.yaml", 8, 6.7e9)])
+def test_every_recipe_loads_and_plans(recipe, gpus, size):
+    """The pretraining recipes the README lists (sft-tiny.yaml is finetune's: tests/e2e/test_finetune_sft.py) are
+    valid jobs, each model the size its name says, with a plan for the recipe's own layout."""
+    job = load_job_config(f"{CFG}/{recipe}", [])
+    if size:
+        assert job.model.num_params() == pytest.approx(size, rel=0.1), job.model.num_params()
+    plan = make_plan(job, 1, gpus, "H100")
+    assert plan.stages and plan.step_time_s > 0
