@@ -69,6 +69,17 @@ def test_bpb_same_for_every_layout(dataset, tmp_path):
     print("bpb", {k: v[1]["bpb"] for k, v in runs.items()}, "full heldout", full_a["bpb"])
 
 
+def test_no_bpb_in_training_with_document_masking(dataset, tmp_path):
+    """Masked windows leave some targets out of the loss, so in-training bpb (which counts every target's bytes) is
+    not reported then; the loss is, and `bigtrain eval` still gives bpb for the checkpoint."""
+    run = tmp_path / "masked"
+    bigtrain("train", str(REPO / "configs" / "tiny-cpu.yaml"), "--run-dir", str(run), f"data.path={dataset / 'ds'}",
+             *MODEL, *TRAIN, "data.document_masking=true", "checkpoint.interval=2")
+    (rec,) = metrics(run, split="heldout")
+    assert rec["loss"] > 0 and "bpb" not in rec and "bytes" not in rec, rec
+    assert _eval(run, dataset / "ds", tmp_path / "e.json", 256)["bpb"] > 0
+
+
 def test_bad_inputs_are_one_line_errors(dataset, tmp_path):
     none, tok = tmp_path / "none", dataset / "tok"
     cases = [(["--checkpoint", str(none), "--data", str(dataset / "ds")],
