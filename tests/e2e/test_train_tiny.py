@@ -25,7 +25,8 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     # ln(256) = 5.55 at the start; every token after the second is determined by the first two.
     assert first > 5.0 and last < 1.2, (first, last)
     for r in rows:
-        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(r)
+        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s"} <= set(r)
+        assert r["tokens_per_s"] == pytest.approx(8 * 64 / r["step_time_s"], rel=1e-6)
         assert "mfu" not in r  # CPU: no peak to compare against
     assert rows[-1]["tokens"] == 150 * 8 * 64
     held = metrics(run, split="heldout")
