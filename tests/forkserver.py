@@ -24,7 +24,6 @@ import atexit
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,6 @@ PRELOAD = ["torch", "numpy", "deepspeed", "megatron.core", "megatron.core.tensor
            "bigtrain.train.trainer", "bigtrain.convert.engine", "bigtrain.convert.export", "bigtrain.convert.hf",
            "bigtrain.eval.cli", "bigtrain.generate.inference", "bigtrain.finetune.cli", "bigtrain.data.preprocess"]
 DEFAULT_TORCH_SEED = 67280421310721  # torch.initial_seed() of a fresh process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _threads() -> int:
@@ -130,6 +123,8 @@ def _kill_groups(pids, sig: int) -> None:
 
 
 def _serve_one(req: dict, threads: int) -> dict:
+    from bigtrain.parallel.dist import _free_port  # how a single bigtrain process picks its own
+
     port = _free_port() if req["nproc"] > 1 else 0
     sys.stdout.flush()
     sys.stderr.flush()

@@ -5,20 +5,16 @@ does not depend on the machine's speed: measured against planned memory, layouts
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import REPO, env_for_tests
+from tests.helpers import python
 
 
-def tool(*args: str, timeout: int = 600) -> str:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env_for_tests(), cwd=REPO,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def tool(script: str, *args: str) -> str:
+    """The script's stdout, run as a user runs it: a new interpreter (the scripts start their own processes)."""
+    return python([script], *args, fresh=True).stdout
 
 
 def row(out: str, label: str) -> list[float]:
